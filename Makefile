@@ -1,0 +1,36 @@
+# `make test` and `make demo` work on a fresh machine: each creates .venv when missing.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: test demo lint install data
+
+$(BIN)/python:
+	$(PY) -m venv $(VENV)
+
+# torch/torchvision first, pinned to the releases that install from local files here;
+# everything else comes from the package index.
+$(STAMP): $(BIN)/python pyproject.toml
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q torch==2.14.1 torchvision==0.29.1
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+# FashionMNIST from Debian's package when we are root and it is missing (optional: tests skip without it).
+data:
+	@if [ ! -d /usr/share/datasets/fashion-mnist ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		(apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist) || echo "could not install dataset-fashion-mnist"; \
+	fi
+
+lint: install
+	$(BIN)/ruff check transferkit tests benchmarks examples
+
+test: install data
+	$(BIN)/ruff check transferkit tests benchmarks examples
+	$(BIN)/python -m pytest
+
+demo: install data
+	$(BIN)/python examples/adapt_demo.py

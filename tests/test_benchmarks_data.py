@@ -1,0 +1,45 @@
+"""Run the data-pipeline benchmark in --quick mode (no timing assertion: speed is not
+tested here, only that the benchmark runs both loaders and reports ratios)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _load_benchmark():
+    spec = importlib.util.spec_from_file_location(
+        "data_pipeline_benchmark", ROOT / "benchmarks" / "data_pipeline.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_data_pipeline_quick_runs(capsys):
+    bench = _load_benchmark()
+    result = bench.main(["--quick", "--sizes", "28", "40"])
+    out = capsys.readouterr().out
+    assert [row["size"] for row in result["rows"]] == [28, 40]
+    assert result["batches"] == 3 and result["repeats"] == 1 and result["data"] == "synthetic"
+    for row in result["rows"]:
+        assert row["seed_img_s"] > 0 and row["ours_img_s"] > 0 and row["ours_aug_img_s"] > 0
+        assert row["ratio"] == row["ours_img_s"] / row["seed_img_s"]
+    assert "seed loader" in out and "TensorLoader" in out
+    assert json.loads(out.strip().splitlines()[-1]) == json.loads(json.dumps(result))
+
+
+def test_seed_loader_matches_torchvision_transforms():
+    bench = _load_benchmark()
+    import torch
+
+    images = torch.randint(0, 256, (4, 28, 28), dtype=torch.uint8)
+    labels = torch.arange(4)
+    x, y = next(iter(bench.seed_loader(images, labels, 28)))
+    assert x.shape == (4, 1, 28, 28) and sorted(y.tolist()) == [0, 1, 2, 3]
+    assert torch.equal(x[:, 0], images[y].float() / 255)  # PIL round trip + ToTensor
+    x, _ = next(iter(bench.seed_loader(images, labels, 56)))
+    assert x.shape == (4, 1, 56, 56)

@@ -1,0 +1,873 @@
+"""A minimal, complete training loop for fine-tuning classifiers, in plain PyTorch.
+
+Reads straight through: :meth:`Trainer.fit` checks the data, sets up the schedule, maybe
+resumes, then loops over epochs; each epoch trains (:meth:`Trainer._train_epoch`),
+validates, updates the history and writes checkpoints. Events (see
+:mod:`transferkit.callbacks`) let user code hook in without subclassing.
+
+The Trainer knows nothing about backbones: it works with any ``nn.Module`` that maps a
+``(N, C, H, W)`` float batch to ``(N, num_classes)`` logits and any iterable of
+``(inputs, targets)`` batches, including a plain ``torch.utils.data.DataLoader``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import inspect
+import io
+import json
+import logging
+import math
+import os
+import signal
+import sys
+import threading
+import time
+import warnings
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from transferkit.callbacks import Callback, CallbackList
+from transferkit.checkpoint import (
+    atomic_write_bytes,
+    atomic_write_text,
+    get_rng_state,
+    load_checkpoint,
+    save_checkpoint,
+    set_rng_state,
+)
+from transferkit.distributed import (
+    DistInfo,
+    all_reduce_sum,
+    check_same_length,
+    raise_together,
+    setup,
+    shard_for_evaluation,
+    shard_for_training,
+)
+from transferkit.errors import (
+    CheckpointError,
+    ConfigError,
+    DataError,
+    NonFiniteLossError,
+    TransferKitError,
+    closest,
+)
+from transferkit.metrics import MetricSums
+
+__all__ = ["Trainer", "WarmupCosine", "select_device", "warmup_cosine"]
+
+log = logging.getLogger(__name__)
+
+Precision = Literal["fp32", "bf16", "fp16"]
+_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+CHECKPOINT_FORMAT = "transferkit.trainer/1"
+
+
+def warmup_cosine(
+    step: int, *, warmup_steps: int, total_steps: int, min_ratio: float = 0.0
+) -> float:
+    """Return the LR multiplier at ``step``: linear warm-up, then cosine decay.
+
+    A pure function of the step, used through ``LambdaLR`` so that every parameter group
+    keeps its own LR ratio (discriminative learning rates survive the schedule).
+
+    Args:
+        step: Optimizer steps taken so far.
+        warmup_steps: Steps of linear warm-up from ``1 / warmup_steps`` to 1.
+        total_steps: Step at which the multiplier reaches ``min_ratio``.
+        min_ratio: The final multiplier.
+    """
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    span = max(1, total_steps - warmup_steps)
+    progress = min(1.0, (step - warmup_steps) / span)
+    return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+class WarmupCosine:
+    """Callable form of :func:`warmup_cosine` for ``LambdaLR`` (its state is checkpointed)."""
+
+    def __init__(self, *, warmup_steps: int, total_steps: int, min_ratio: float = 0.0) -> None:
+        self.warmup_steps, self.total_steps, self.min_ratio = warmup_steps, total_steps, min_ratio
+
+    def __call__(self, step: int) -> float:
+        return warmup_cosine(
+            step,
+            warmup_steps=self.warmup_steps,
+            total_steps=self.total_steps,
+            min_ratio=self.min_ratio,
+        )
+
+
+def select_device(device: str | torch.device = "auto", *, local_rank: int = 0) -> torch.device:
+    """Pick the training device: ``"auto"`` prefers CUDA, then MPS, then CPU.
+
+    Args:
+        device: ``"auto"`` or anything ``torch.device`` accepts.
+        local_rank: The CUDA device index to use when ``device`` names no index.
+    """
+    if str(device) == "auto":
+        if torch.cuda.is_available():
+            device = f"cuda:{local_rank}"
+        elif getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            device = "mps"
+        else:
+            device = "cpu"
+    dev = torch.device(device)
+    if dev.type == "cuda" and dev.index is None:
+        dev = torch.device("cuda", local_rank)
+    return dev
+
+
+def _set_epoch(data: Any, epoch: int, *, start_batch: int = 0) -> int:
+    """Select ``epoch`` on ``data`` (or its sampler); return the batches it will skip itself.
+
+    Data modules expose ``set_epoch(epoch)`` (transferkit's loaders also take
+    ``start_batch=`` to resume mid-epoch without replaying); DataLoaders via their sampler.
+    """
+    for obj in (
+        data,
+        getattr(data, "sampler", None),
+        getattr(data, "batch_sampler", None),
+        getattr(getattr(data, "batch_sampler", None), "sampler", None),
+    ):
+        if obj is not None and hasattr(obj, "set_epoch"):
+            if start_batch and "start_batch" in inspect.signature(obj.set_epoch).parameters:
+                obj.set_epoch(epoch, start_batch=start_batch)
+                return start_batch
+            obj.set_epoch(epoch)
+            return 0
+    return 0
+
+
+def _len(data: Any) -> int | None:
+    try:
+        return len(data)
+    except TypeError:
+        return None
+
+
+class Trainer:
+    """Train, evaluate and checkpoint a classifier.
+
+    Args:
+        model: Any module mapping ``(N, C, H, W)`` floats to ``(N, num_classes)`` logits.
+        epochs: Epochs to train (``fit(epochs=...)`` overrides it).
+        lr: Learning rate of the head (of everything when the model has no known head).
+        body_lr: Learning rate of the rest; default ``lr * lr_ratio``.
+        lr_ratio: ``body_lr / lr`` when ``body_lr`` is not given.
+        weight_decay: AdamW weight decay (not applied to biases and norms by param_groups).
+        warmup: Fraction of the optimizer steps spent in linear warm-up (default schedule).
+        optimizer: Any torch optimizer; default AdamW over
+            ``param_groups(model, lr, body_lr, weight_decay=..., include_frozen=True)``.
+        scheduler: Any torch LR scheduler; default warm-up + cosine when the optimizer is
+            the default one, no scheduler otherwise.
+        scheduler_interval: Step the scheduler per optimizer ``"step"`` or per ``"epoch"``.
+        loss_fn: ``loss_fn(logits, targets) -> scalar``; default cross-entropy.
+        device: ``"auto"`` (CUDA > MPS > CPU) or a device.
+        precision: ``"fp32"``, ``"bf16"`` or ``"fp16"`` autocast (GradScaler for fp16 on CUDA).
+        grad_clip: Clip the gradient norm to this value.
+        grad_accum: Micro-batches per optimizer step.
+        channels_last: Use the channels-last memory format for model and inputs.
+        topk: The ``k`` of the top-k accuracies reported (``k=1`` is ``*_acc``).
+        monitor: History key that decides the best epoch; default ``"val_loss"``
+            (``"train_loss"`` without validation data). Keys with ``acc``/``top`` are maximised.
+        patience: Stop after this many epochs without improvement (``None``: never).
+        freeze: A freezing policy applied at the start of ``fit`` (see ``transferkit.freezing``).
+        unfreeze_every: Gradual unfreezing: one more stage every this many epochs.
+        callbacks: :class:`~transferkit.callbacks.Callback` instances.
+        out_dir: Folder for ``last.pt``, ``best.pt``, ``history.json`` and ``history.csv``.
+        seed: Seed of the per-epoch shuffling of DataLoaders (a pure function of seed and
+            epoch). The global RNGs are not reseeded: call ``torch.manual_seed`` yourself.
+        progress: Show a tqdm bar; default: when stderr is a terminal.
+
+    Example:
+        >>> import torch
+        >>> from torch import nn
+        >>> model = nn.Sequential(nn.Flatten(), nn.Linear(4, 3))
+        >>> data = [(torch.randn(8, 1, 2, 2), torch.randint(0, 3, (8,)))] * 2
+        >>> opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        >>> history = Trainer(model, epochs=2, optimizer=opt, device="cpu").fit(data)
+        >>> len(history)
+        2
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        epochs: int = 10,
+        lr: float = 1e-3,
+        body_lr: float | None = None,
+        lr_ratio: float = 0.1,
+        weight_decay: float = 0.05,
+        warmup: float = 0.05,
+        optimizer: torch.optim.Optimizer | None = None,
+        scheduler: Any | None = None,
+        scheduler_interval: Literal["step", "epoch"] = "step",
+        loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+        device: str | torch.device = "auto",
+        precision: Precision = "fp32",
+        grad_clip: float | None = None,
+        grad_accum: int = 1,
+        channels_last: bool = False,
+        topk: Sequence[int] = (1, 5),
+        monitor: str | None = None,
+        patience: int | None = None,
+        freeze: str | None = None,
+        unfreeze_every: int | None = None,
+        callbacks: Iterable[Callback] = (),
+        out_dir: str | os.PathLike[str] | None = None,
+        seed: int = 0,
+        progress: bool | None = None,
+    ) -> None:
+        _check_positive_int("epochs", epochs)
+        _check_positive_int("grad_accum", grad_accum)
+        for name, value in (("lr", lr), ("body_lr", body_lr), ("lr_ratio", lr_ratio)):
+            if value is not None and not value > 0:
+                raise ConfigError(f"{name} must be > 0, got {value!r}.")
+        if precision not in _DTYPES:
+            raise ConfigError(
+                f"precision={precision!r} is not supported; use one of "
+                f"{sorted(_DTYPES)}.{closest(str(precision), _DTYPES)}"
+            )
+        if scheduler_interval not in ("step", "epoch"):
+            raise ConfigError(f"scheduler_interval={scheduler_interval!r}; use 'step' or 'epoch'.")
+        if grad_clip is not None and not grad_clip > 0:
+            raise ConfigError(f"grad_clip must be > 0 or None, got {grad_clip!r}.")
+        if not topk or any(not isinstance(k, int) or k < 1 for k in topk):
+            raise ConfigError(f"topk must be positive integers, got {tuple(topk)!r}; e.g. (1, 5).")
+        if patience is not None:
+            _check_positive_int("patience", patience)
+        if unfreeze_every is not None:
+            _check_positive_int("unfreeze_every", unfreeze_every)
+
+        self.device = select_device(device, local_rank=int(os.environ.get("LOCAL_RANK", "0")))
+        self.dist: DistInfo = setup(self.device)
+        if self.dist.is_main:
+            log.info("device: %s (precision %s)", self.device, precision)
+        self.model = model.to(self.device)
+        if channels_last:
+            self.model.to(memory_format=torch.channels_last)
+        self.epochs, self.lr, self.weight_decay, self.warmup = epochs, lr, weight_decay, warmup
+        self.body_lr = body_lr if body_lr is not None else lr * lr_ratio
+        self.precision, self.grad_clip, self.grad_accum = precision, grad_clip, grad_accum
+        self.channels_last, self.topk, self.seed = channels_last, tuple(topk), seed
+        self.loss_fn = loss_fn if loss_fn is not None else nn.CrossEntropyLoss()
+        self.monitor, self._monitor_arg, self.patience = monitor, monitor, patience
+        self.freeze_policy, self.unfreeze_every = freeze, unfreeze_every
+        self.callbacks = CallbackList(callbacks)
+        self.out_dir = Path(out_dir) if out_dir is not None else None
+        self.progress = progress
+        self.scheduler_interval = scheduler_interval
+        self.optimizer = optimizer if optimizer is not None else self._default_optimizer()
+        self.scheduler = scheduler
+        self._default_schedule = optimizer is None and scheduler is None
+        use_scaler = precision == "fp16" and self.device.type == "cuda"
+        self.scaler = torch.amp.GradScaler("cuda") if use_scaler else None
+        if precision == "fp16" and not use_scaler:
+            warnings.warn(
+                f"precision='fp16' on {self.device.type} runs without a GradScaler, so small "
+                "gradients can underflow to zero. HINT: use precision='bf16' here.",
+                stacklevel=2,
+            )
+
+        # Training state; all of it goes into checkpoints.
+        self.epoch = 0  # the epoch being (or about to be) trained, 0-based
+        self.step = 0  # optimizer steps taken
+        self.batch_in_epoch = 0  # batches of the current epoch already trained
+        self.history: list[dict[str, Any]] = []
+        self.best: dict[str, Any] = {"value": None, "epoch": None, "bad_epochs": 0}
+        self.should_stop = False
+        self.interrupted = False
+        self.last_loss: float = float("nan")
+        self._sigint = False
+        self._unfreezer: Any = None
+        self._ddp: nn.Module | None = None
+        self._ddp_trainable: tuple[bool, ...] = ()
+        self._resume: dict[str, Any] | None = None
+        self._epoch_rng: dict[str, Any] | None = None
+        self._partial: torch.Tensor | None = None
+
+    # ----------------------------------------------------------------- public API
+    def fit(
+        self,
+        train: Iterable[Any],
+        val: Iterable[Any] | None = None,
+        *,
+        epochs: int | None = None,
+        resume: str | os.PathLike[str] | bool | None = None,
+    ) -> list[dict[str, Any]]:
+        """Train for ``epochs`` epochs, validating after each, and return the history.
+
+        Args:
+            train: Iterable of ``(inputs, targets)`` batches (re-iterated every epoch).
+            val: Validation batches, evaluated after every epoch.
+            epochs: Total epochs, counting those of a resumed run; default ``self.epochs``.
+            resume: A checkpoint path, or ``True`` for ``<out_dir>/last.pt``.
+
+        Returns:
+            One record per epoch: epoch, lr, train/val loss and accuracies, time.
+
+        Raises:
+            DataError: The first batch of ``train`` or ``val`` is empty or malformed.
+            ConfigError: ``epochs`` is not positive or ``monitor`` is unknown.
+            CheckpointError: ``resume`` cannot be read.
+            NonFiniteLossError: A loss became NaN or infinite (no checkpoint is written).
+            CallbackError: A callback raised.
+        """
+        epochs = self.epochs if epochs is None else epochs
+        _check_positive_int("epochs", epochs)
+        train_data = shard_for_training(train, self.dist, seed=self.seed)
+        check_same_length(train_data, self.dist)
+        val_data = shard_for_evaluation(val, self.dist) if val is not None else None
+        error = None
+        try:  # every rank checks its own first batch; all raise if one fails
+            self._check_data(train_data, "train")
+            if val_data is not None:
+                self._check_data(val_data, "val")
+        except DataError as exc:
+            error = exc
+        raise_together(error, self.dist)
+        self._check_monitor(val is not None)
+        self._setup_schedule(train_data, epochs)
+        if self.freeze_policy is not None:
+            from transferkit.freezing import freeze
+
+            freeze(self.model, self.freeze_policy)
+        if self.unfreeze_every is not None and self._unfreezer is None:
+            from transferkit.freezing import GradualUnfreezing
+
+            self._unfreezer = GradualUnfreezing(self.model, every=self.unfreeze_every)
+            held = {id(p) for group in self.optimizer.param_groups for p in group["params"]}
+            missing = [n for n, p in self.model.named_parameters() if id(p) not in held]
+            if missing:
+                warnings.warn(
+                    f"unfreeze_every={self.unfreeze_every} but the optimizer lacks "
+                    f"{len(missing)} parameters (e.g. {missing[0]!r}); they will never train "
+                    "after unfreezing. HINT: build it over param_groups(..., "
+                    "include_frozen=True), or leave optimizer=None.",
+                    stacklevel=2,
+                )
+        if resume:
+            self._restore(resume)
+
+        self.should_stop = self.interrupted = self._sigint = False
+        with self._sigint_handler():
+            self.callbacks.fire("on_fit_start", self)
+            while self.epoch < epochs and not self.should_stop:
+                if self._unfreezer is not None:
+                    unfrozen = self._unfreezer.on_epoch_start(self.epoch)
+                    if unfrozen and self.dist.is_main:
+                        log.info("epoch %d: unfroze %s", self.epoch + 1, ", ".join(unfrozen))
+                self.callbacks.fire("on_epoch_start", self)
+                start = time.perf_counter()
+                train_sums = self._train_epoch(train_data)
+                if self.interrupted:
+                    self._save_interrupted()
+                    break
+                record: dict[str, Any] = {"epoch": self.epoch + 1, "lr": self._lr()}
+                record.update(self._reduce(train_sums).result("train"))
+                if val_data is not None:
+                    record.update(self._run_eval(val_data).result("val"))
+                record["time"] = time.perf_counter() - start
+                self.history.append(record)
+                self._update_best(record)
+                if self.scheduler is not None and self.scheduler_interval == "epoch":
+                    self.scheduler.step()
+                self.epoch += 1
+                self.batch_in_epoch = 0
+                self.callbacks.fire("on_epoch_end", self)
+                self._log_epoch(record, epochs)
+                self._write_epoch_files(improved=self.best["epoch"] == record["epoch"])
+            self.callbacks.fire("on_fit_end", self)
+        return self.history
+
+    @torch.no_grad()
+    def evaluate(self, data: Iterable[Any]) -> dict[str, float]:
+        """Return ``loss``, ``acc``, ``top<k>`` and ``count`` on ``data`` (eval mode, no grad).
+
+        Under DDP every rank evaluates its own share and the sums are all-reduced, so each
+        sample counts exactly once.
+        """
+        sums = self._run_eval(shard_for_evaluation(data, self.dist))
+        out = sums.result("")
+        out["count"] = sums.count
+        return out
+
+    @torch.no_grad()
+    def predict(self, data: Iterable[Any], *, probs: bool = True) -> torch.Tensor:
+        """Return the softmax probabilities (or logits) for every sample, in order, on CPU.
+
+        Args:
+            data: Batches of inputs, or of ``(inputs, targets)``.
+            probs: Return probabilities; ``False`` returns the raw logits.
+        """
+        was_training = self.model.training
+        self.model.eval()
+        outs = []
+        try:
+            for batch in data:
+                x = batch[0] if isinstance(batch, (tuple, list)) else batch
+                with self._autocast():
+                    logits = self.model(self._inputs(x)).float()
+                outs.append((logits.softmax(-1) if probs else logits).cpu())
+        finally:
+            self.model.train(was_training)
+        if not outs:
+            raise DataError("predict() got no batches; pass a non-empty iterable of inputs.")
+        return torch.cat(outs)
+
+    # ----------------------------------------------------------------- one epoch
+    def _train_epoch(self, data: Iterable[Any]) -> MetricSums:
+        model = self._train_module()
+        model.train()
+        sums = MetricSums(self.topk, self.device)
+        skip, resume = self.batch_in_epoch, self._resume
+        if resume is not None:
+            # Mid-epoch resume: replay the epoch's start exactly, skip what was trained.
+            set_rng_state(resume["epoch_rng"])
+            if self.dist.is_main:
+                sums.load(resume["partial"])
+        self._epoch_rng = get_rng_state()
+        skipped = _set_epoch(data, self.epoch, start_batch=skip)
+        batches: Iterator[Any] = iter(data)
+        for _ in range(skip - skipped):  # loaders that cannot start mid-epoch: replay
+            next(batches)
+        if resume is not None:
+            set_rng_state(resume["rng"])
+            self._resume = None
+        n = _len(data)
+        accum, pending = self.grad_accum, False
+        bar = self._bar(n, skip)
+        for i, (x, y) in enumerate(batches, start=skip):
+            x, y = self._inputs(x), y.to(self.device, non_blocking=True)
+            window_start = i - i % accum
+            window = accum if n is None else min(accum, n - window_start)
+            last = i - window_start == window - 1
+            sync = contextlib.nullcontext()
+            if isinstance(model, DistributedDataParallel) and not last:
+                sync = model.no_sync()  # all-reduce gradients once per optimizer step
+            with sync:
+                with self._autocast():
+                    logits = model(x)
+                    loss = self.loss_fn(logits, y)
+                stop = self._check_loss(loss, i)
+                self._backward(loss / window if window > 1 else loss)
+            sums.update(loss, logits, y)
+            pending = True
+            if last:
+                self._optimizer_step()
+                pending = False
+                self.batch_in_epoch = i + 1
+                if bar is not None:
+                    bar.update(window)
+                    bar.set_postfix(loss=f"{self.last_loss:.4f}", refresh=False)
+                self.callbacks.fire("on_batch_end", self)
+                if stop:
+                    self.interrupted = True
+                    # Whole-run sums of the partial epoch; on resume rank 0 alone restores them.
+                    self._partial = self._reduce(sums).packed()
+                    break
+        if pending:  # an iterable without len() ended inside an accumulation window
+            self._optimizer_step()
+        if bar is not None:
+            bar.close()
+        return sums
+
+    def _check_loss(self, loss: torch.Tensor, batch: int) -> bool:
+        # One host sync per batch: names the exact step on NaN/Inf and, under DDP, lets all
+        # ranks agree to stop (or to raise) together instead of hanging in a collective.
+        value = loss.item()
+        nonfinite, stop = not math.isfinite(value), self._sigint
+        if self.dist.enabled:
+            flags = torch.tensor([float(nonfinite), float(stop)], device=loss.device)
+            nonfinite, stop = (bool(v) for v in all_reduce_sum(flags, self.dist).tolist())
+        if nonfinite:
+            raise NonFiniteLossError(
+                f"The loss became {loss.item()} at epoch {self.epoch + 1}, step {self.step + 1} "
+                f"(batch {batch + 1} of the epoch); training stopped and no checkpoint was "
+                f"written, so the last good one in {str(self.out_dir)!r} is untouched. Try a "
+                "lower lr, grad_clip=1.0 or precision='fp32', and check the data for NaN."
+            )
+        self.last_loss = value
+        return stop
+
+    def _backward(self, loss: torch.Tensor) -> None:
+        if self.scaler is not None:
+            self.scaler.scale(loss).backward()
+        else:
+            loss.backward()
+
+    def _optimizer_step(self) -> None:
+        if self.scaler is not None:
+            if self.grad_clip is not None:
+                self.scaler.unscale_(self.optimizer)
+                nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            if self.grad_clip is not None:
+                nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
+            self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.scheduler is not None and self.scheduler_interval == "step":
+            self.scheduler.step()
+        self.step += 1
+
+    def _run_eval(self, data: Iterable[Any]) -> MetricSums:
+        # The unwrapped model: no DDP collectives, so ranks may hold different batch counts.
+        was_training = self.model.training
+        self.model.eval()
+        sums = MetricSums(self.topk, self.device)
+        try:
+            with torch.no_grad():
+                for x, y in data:
+                    x, y = self._inputs(x), y.to(self.device, non_blocking=True)
+                    with self._autocast():
+                        logits = self.model(x)
+                        loss = self.loss_fn(logits, y)
+                    sums.update(loss.float(), logits.float(), y)
+        finally:
+            self.model.train(was_training)
+        return self._reduce(sums)
+
+    # ----------------------------------------------------------------- helpers
+    def _inputs(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.to(self.device, non_blocking=True)
+        if self.channels_last and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x
+
+    def _autocast(self) -> contextlib.AbstractContextManager[Any]:
+        dtype = _DTYPES[self.precision]
+        if dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=dtype)
+
+    def _reduce(self, sums: MetricSums) -> MetricSums:
+        if self.dist.enabled:
+            sums.load(all_reduce_sum(sums.packed(), self.dist))
+        return sums
+
+    def _lr(self) -> float:
+        return float(self.optimizer.param_groups[0]["lr"])
+
+    def _train_module(self) -> nn.Module:
+        if not self.dist.enabled:
+            return self.model
+        trainable = tuple(p.requires_grad for p in self.model.parameters())
+        if self._ddp is None or trainable != self._ddp_trainable:
+            # DDP only syncs parameters that required grad when wrapped: rewrap after
+            # (gradual) unfreezing changes that set.
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self._ddp = DistributedDataParallel(self.model, device_ids=ids)
+            self._ddp_trainable = trainable
+        return self._ddp
+
+    def _default_optimizer(self) -> torch.optim.Optimizer:
+        from transferkit.param_groups import param_groups
+
+        try:
+            groups = param_groups(
+                self.model,
+                self.lr,
+                self.body_lr,
+                weight_decay=self.weight_decay,
+                include_frozen=True,
+            )
+        except TransferKitError as exc:  # e.g. no recognisable head: one group for all
+            log.info("one parameter group at lr=%g (%s)", self.lr, exc)
+            groups = [
+                {
+                    "params": list(self.model.parameters()),
+                    "lr": self.lr,
+                    "weight_decay": self.weight_decay,
+                    "name": "all",
+                }
+            ]
+        return torch.optim.AdamW(groups, lr=self.lr, weight_decay=self.weight_decay)
+
+    def _setup_schedule(self, data: Iterable[Any], epochs: int) -> None:
+        if not self._default_schedule or self.scheduler is not None:
+            return
+        n = _len(data)
+        if n is None:
+            log.warning("train data has no len(): constant LR (pass scheduler= to change it)")
+            self._default_schedule = False
+            return
+        total = epochs * math.ceil(n / self.grad_accum)
+        schedule = WarmupCosine(warmup_steps=max(1, round(self.warmup * total)), total_steps=total)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, schedule)
+
+    def _bar(self, total: int | None, initial: int) -> Any:
+        show = self.progress if self.progress is not None else sys.stderr.isatty()
+        if not (show and self.dist.is_main):
+            return None
+        from tqdm.auto import tqdm
+
+        return tqdm(total=total, initial=initial, desc=f"epoch {self.epoch + 1}", leave=False)
+
+    @contextlib.contextmanager
+    def _sigint_handler(self) -> Iterator[None]:
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        previous = signal.getsignal(signal.SIGINT)
+
+        def handler(signum: int, frame: Any) -> None:
+            if self._sigint:  # a second Ctrl-C aborts at once
+                raise KeyboardInterrupt
+            self._sigint = True
+
+        signal.signal(signal.SIGINT, handler)
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGINT, previous)
+
+    # ----------------------------------------------------------------- bookkeeping
+    def _check_monitor(self, has_val: bool) -> None:
+        keys = ["train_loss"] + ["train_acc" if k == 1 else f"train_top{k}" for k in self.topk]
+        if has_val:
+            keys += [k.replace("train", "val") for k in keys]
+        if self._monitor_arg is None:
+            self.monitor = "val_loss" if has_val else "train_loss"
+        elif self._monitor_arg not in keys:
+            raise ConfigError(
+                f"monitor={self._monitor_arg!r} is not a history key; use one "
+                f"of {keys}.{closest(self._monitor_arg, keys)}"
+            )
+
+    def _update_best(self, record: dict[str, Any]) -> None:
+        value = record[self.monitor]
+        higher = "acc" in self.monitor or "top" in self.monitor
+        best = self.best["value"]
+        if best is None or (value > best if higher else value < best):
+            self.best.update(value=value, epoch=record["epoch"], bad_epochs=0)
+            return
+        self.best["bad_epochs"] += 1
+        if self.patience is not None and self.best["bad_epochs"] >= self.patience:
+            self.should_stop = True
+            if self.dist.is_main:
+                log.info(
+                    "early stopping: %s did not improve for %d epochs (best %.4g at epoch %d)",
+                    self.monitor,
+                    self.patience,
+                    best,
+                    self.best["epoch"],
+                )
+
+    def _log_epoch(self, record: dict[str, Any], epochs: int) -> None:
+        if not self.dist.is_main:
+            return
+        parts = [f"epoch {record['epoch']}/{epochs}", f"lr {record['lr']:.3g}"]
+        parts += [f"{k} {v:.4f}" for k, v in record.items() if k not in ("epoch", "lr", "time")]
+        parts.append(f"time {record['time']:.1f}s")
+        log.info("  ".join(parts))
+
+    def _write_epoch_files(self, *, improved: bool) -> None:
+        if self.out_dir is None or not self.dist.is_main:
+            return
+        last = save_checkpoint(self.state_dict(), self.out_dir / "last.pt")
+        if improved:
+            atomic_write_bytes(self.out_dir / "best.pt", last.read_bytes())
+        atomic_write_text(self.out_dir / "history.json", json.dumps(self.history, indent=1))
+        buffer = io.StringIO()
+        fields = list(dict.fromkeys(k for r in self.history for k in r))
+        writer = csv.DictWriter(buffer, fieldnames=fields, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(self.history)
+        atomic_write_text(self.out_dir / "history.csv", buffer.getvalue())
+
+    def _save_interrupted(self) -> None:
+        if not self.dist.is_main:
+            return
+        if self.out_dir is None:
+            log.warning("interrupted at step %d; no out_dir, so no checkpoint", self.step)
+            return
+        path = save_checkpoint(self.state_dict(), self.out_dir / "last.pt")
+        log.warning(
+            "interrupted at epoch %d step %d; resume with fit(..., resume=%r)",
+            self.epoch + 1,
+            self.step,
+            str(path),
+        )
+
+    def state_dict(self) -> dict[str, Any]:
+        """Return everything needed to resume, as tensors and plain values."""
+        mid_epoch = self.batch_in_epoch > 0
+        try:
+            from transferkit.freezing import freeze_state
+
+            frozen = freeze_state(self.model)
+        except (ImportError, TransferKitError):  # no freezing module, or nothing to record
+            frozen = None
+        return {
+            "format": CHECKPOINT_FORMAT,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
+            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
+            "epoch": self.epoch,
+            "step": self.step,
+            "batch_in_epoch": self.batch_in_epoch,
+            "rng": get_rng_state(),
+            "epoch_rng": self._epoch_rng if mid_epoch else None,
+            "partial": self._partial.cpu() if mid_epoch and self._partial is not None else None,
+            "freeze": frozen,
+            "history": self.history,
+            "best": dict(self.best),
+            "seed": self.seed,
+        }
+
+    def _restore(self, resume: str | os.PathLike[str] | bool) -> None:
+        if resume is True:
+            if self.out_dir is None:
+                raise ConfigError("resume=True needs out_dir; pass resume='path/to/last.pt'.")
+            resume = self.out_dir / "last.pt"
+        path = Path(resume)  # type: ignore[arg-type]
+        state = load_checkpoint(path, map_location="cpu")
+        if state.get("format") != CHECKPOINT_FORMAT:
+            raise CheckpointError(
+                f"{str(path)!r} is not a Trainer checkpoint (format "
+                f"{state.get('format')!r}, expected {CHECKPOINT_FORMAT!r})."
+            )
+        try:
+            if state["freeze"] is not None:
+                from transferkit.freezing import load_freeze_state
+
+                load_freeze_state(self.model, state["freeze"])
+            self.model.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            if self.scheduler is not None and state["scheduler"] is not None:
+                self.scheduler.load_state_dict(state["scheduler"])
+            if self.scaler is not None and state["scaler"] is not None:
+                self.scaler.load_state_dict(state["scaler"])
+        except (KeyError, RuntimeError, ValueError) as exc:
+            raise CheckpointError(
+                f"Checkpoint {str(path)!r} does not fit this model or optimizer: {exc}"
+            ) from exc
+        if state.get("seed", self.seed) != self.seed:
+            warnings.warn(
+                f"The checkpoint was trained with seed={state['seed']} but this Trainer has "
+                f"seed={self.seed}, so the data order changes from here. HINT: pass "
+                f"Trainer(..., seed={state['seed']}) for an exact resume.",
+                stacklevel=3,
+            )
+        self.epoch, self.step = state["epoch"], state["step"]
+        self.batch_in_epoch = state["batch_in_epoch"]
+        self.history, self.best = list(state["history"]), dict(state["best"])
+        if self.batch_in_epoch:
+            self._resume = {
+                "rng": state["rng"],
+                "epoch_rng": state["epoch_rng"],
+                "partial": state["partial"],
+            }
+        else:
+            set_rng_state(state["rng"])
+        if self.dist.is_main:
+            log.info("resumed from %s at epoch %d, step %d", path, self.epoch + 1, self.step)
+
+    def _check_data(self, data: Iterable[Any], split: str) -> int:
+        """Check the first batch before any training; return the model's class count."""
+        rng = get_rng_state()  # peeking must not shift any random stream
+        try:
+            batch = next(iter(data), None)
+        finally:
+            set_rng_state(rng)
+        if batch is None:
+            if split == "val" and self.dist.enabled:
+                return 0  # a rank may hold no validation batch; the others count them all
+            raise DataError(
+                f"The {split} data is empty: it yielded no batch. Check the data "
+                "set path and that batch_size <= the number of samples with drop_last."
+            )
+        if not isinstance(batch, (tuple, list)) or len(batch) < 2:
+            raise DataError(
+                f"The {split} data must yield (inputs, targets) batches; the first "
+                f"batch is a {type(batch).__name__}. Use a DataLoader over a data "
+                "set of (image, label) pairs, e.g. TensorDataset(images, labels)."
+            )
+        x, y = batch[0], batch[1]
+        if not (isinstance(x, torch.Tensor) and isinstance(y, torch.Tensor)):
+            raise DataError(
+                f"The first {split} batch holds {type(x).__name__} inputs and "
+                f"{type(y).__name__} targets; both must be tensors."
+            )
+        if x.dim() != 4 or not x.is_floating_point():
+            raise DataError(
+                f"The first {split} batch has inputs of shape {tuple(x.shape)} and "
+                f"dtype {x.dtype}; expected floats of shape (batch, channels, "
+                "height, width). Convert uint8 images with x.float() / 255 and "
+                "normalise them; add a channel axis to (N, H, W) with x[:, None]."
+            )
+        if x.shape[0] == 0:
+            raise DataError(
+                f"The first {split} batch is empty (batch size 0); use batch_size >= 1."
+            )
+        if y.dim() != 1 or y.shape[0] != x.shape[0] or y.is_floating_point():
+            raise DataError(
+                f"The first {split} batch has targets of shape {tuple(y.shape)} and "
+                f"dtype {y.dtype} for {x.shape[0]} inputs; expected {x.shape[0]} "
+                "integer class indices, shape (batch,)."
+            )
+        in_chans = _model_in_chans(self.model)
+        if in_chans is not None and x.shape[1] != in_chans:
+            raise DataError(
+                f"The {split} images have {x.shape[1]} channels but the model's "
+                f"input layer expects {in_chans}. Adapt the model with "
+                f"adapt(model, num_classes, in_chans={x.shape[1]}) or convert the "
+                f"images to {in_chans} channels."
+            )
+        was_training = self.model.training
+        self.model.eval()
+        try:  # a 2-sample forward pass catches every other shape mismatch cheaply
+            with torch.no_grad(), self._autocast():
+                out = self.model(self._inputs(x[:2]))
+        except RuntimeError as exc:
+            raise DataError(
+                f"The model cannot run on the first {split} batch (inputs of shape "
+                f"{tuple(x.shape)}): {exc}"
+            ) from exc
+        finally:
+            self.model.train(was_training)
+        if out.dim() != 2:
+            raise DataError(
+                f"The model returns outputs of shape {tuple(out.shape)} for "
+                f"{split} inputs of shape {tuple(x[:2].shape)}; expected "
+                "(batch, num_classes) logits."
+            )
+        num_classes = out.shape[1]
+        low, high = int(y.min()), int(y.max())
+        if low < 0 or high >= num_classes:
+            bad = low if low < 0 else high
+            raise DataError(
+                f"The {split} labels include {bad}, outside the model's "
+                f"{num_classes} classes [0, {num_classes - 1}]. Adapt the model with "
+                f"adapt(model, num_classes={max(high + 1, num_classes)}) or fix "
+                "the labels."
+            )
+        return num_classes
+
+
+def _model_in_chans(model: nn.Module) -> int | None:
+    # get_info discovers the input layer without changing the model; unknown models skip.
+    try:
+        from transferkit.adaptation import get_info
+
+        return int(get_info(model).in_chans)
+    except (ImportError, TransferKitError, AttributeError, TypeError):
+        return None
+
+
+def _check_positive_int(name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"{name} must be a positive integer, got {value!r}; e.g. {name}=1.")
