@@ -27,7 +27,7 @@ TORCHVISION_STAGES: dict[str, dict] = {
     "VGG": {"blocks": r"^features\.(\d+)"},
     "SqueezeNet": {"blocks": r"^features\.(\d+)"},
     "DenseNet": {
-        "stem": r"^features\.(conv0|norm0)",
+        "stem": r"^features\.(?:conv0|norm0)",
         "blocks": [
             (r"^features\.denseblock(\d+)", None),
             (r"^features\.transition(\d+)", (_PREV,)),
