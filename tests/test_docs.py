@@ -1,0 +1,23 @@
+"""The Python code blocks of README.md and the core docs run as written."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+PAGES = ["README.md", "docs/adapt.md", "docs/param_groups.md", "docs/freezing.md"]
+
+
+def _blocks(page: str) -> list[str]:
+    return re.findall(r"```python\n(.*?)```", (ROOT / page).read_text(), flags=re.S)
+
+
+@pytest.mark.parametrize("page", PAGES)
+def test_code_blocks_run(page: str, capsys) -> None:
+    blocks = _blocks(page)
+    assert blocks, f"{page} has no python code block"
+    for code in blocks:
+        exec(compile(code, page, "exec"), {"__name__": "__doc_test__"})
