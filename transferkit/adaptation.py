@@ -20,7 +20,7 @@ from transferkit.errors import ConfigError, TransferKitError
 from transferkit.heads import find_aux_heads, find_heads, head_outputs, new_head, set_module
 from transferkit.input_layer import adapt_channel_stats, plan_input_layers
 from transferkit.stages import Stage, find_stages
-from transferkit.tracing import trace
+from transferkit.tracing import Snapshot, trace
 
 __all__ = ["AdaptInfo", "Stage", "adapt", "get_info", "unwrap", "IMAGENET_MEAN", "IMAGENET_STD"]
 
@@ -134,25 +134,6 @@ def _check_stats(name: str, value: Sequence[float] | None) -> tuple[float, ...] 
     return out
 
 
-class _Snapshot:
-    """Shallow copy of every module's attributes, to undo a failed adaptation exactly."""
-
-    def __init__(self, model: nn.Module) -> None:
-        self.saved = [
-            (m, dict(m.__dict__), dict(m._modules), dict(m._parameters), dict(m._buffers))
-            for m in model.modules()
-        ]
-
-    def restore(self) -> None:
-        for module, attrs, mods, params, bufs in self.saved:
-            module.__dict__.clear()
-            module.__dict__.update(attrs)
-            for store, old in ((module._modules, mods), (module._parameters, params),
-                               (module._buffers, bufs)):
-                store.clear()
-                store.update(old)
-
-
 def adapt(
     model: nn.Module,
     num_classes: int,
@@ -213,7 +194,7 @@ def adapt(
         plan_inputs = plan_input_layers(model, found.input_layers, target_chans, orig_chans)
     if quirk:  # torchvision GoogLeNet/Inception v3 re-normalise 3 channels inside forward
         base_mean, base_std = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
-    snapshot = _Snapshot(model)
+    snapshot = Snapshot(model)
     try:
         heads, aux = found.heads, found.aux_heads
         original = head_outputs(modules[heads[0]])

@@ -68,7 +68,14 @@ def find_heads(
         return _check_names(model, [head] if isinstance(head, str) else list(head))
     if callable(getattr(model, "get_classifier", None)):
         found = model.get_classifier()
-        found = found if isinstance(found, (tuple, list)) else (found,)
+        found = tuple(found) if isinstance(found, (tuple, list, nn.ModuleList)) else (found,)
+        # timm may return a wrapper (LeViT's NormLinear): its last Linear/conv is the head
+        found = tuple(
+            m
+            if isinstance(m, _HEAD_TYPES)
+            else next((s for s in reversed(list(m.modules())) if isinstance(s, _HEAD_TYPES)), m)
+            for m in found
+        )
         if found and all(isinstance(m, _HEAD_TYPES) for m in found):
             return _names_of(model, found)
     if trace is not None and trace.outputs:

@@ -8,6 +8,7 @@ space-to-depth, averaging of two heads) do not matter.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
@@ -16,7 +17,7 @@ from torch import nn
 
 from transferkit.errors import InputAdaptationError
 
-__all__ = ["Trace", "trace", "leaf_modules"]
+__all__ = ["Trace", "trace", "leaf_modules", "Snapshot"]
 
 _DEFAULT_SIZES = (64, 224, 299)
 
@@ -30,6 +31,31 @@ class Trace:
     order: tuple[str, ...]
     input_size: tuple[int, int]
     out_features: int
+
+
+class Snapshot:
+    """Shallow copy of every module's attributes, to put a model back exactly as it was.
+
+    Dict and list attributes are copied one level deep, so caches that a forward pass
+    fills in place (timm's LeViT attention-bias cache) are undone too.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        self.saved = [
+            (
+                m,
+                {
+                    k: copy.copy(v) if isinstance(v, (dict, list)) else v
+                    for k, v in m.__dict__.items()
+                },
+            )
+            for m in model.modules()
+        ]
+
+    def restore(self) -> None:
+        for module, attrs in self.saved:
+            module.__dict__.clear()
+            module.__dict__.update(attrs)
 
 
 def leaf_modules(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
@@ -93,7 +119,7 @@ def trace(model: nn.Module, *, in_chans: int = 3, sizes: Sequence[int] | None = 
         InputAdaptationError: If no size runs through the model.
     """
     leaves = dict(leaf_modules(model))
-    modes = {m: m.training for m in model.modules()}
+    snapshot = Snapshot(model)
     ref = next(model.parameters(), None)
     device = ref.device if ref is not None else torch.device("cpu")
     dtype = ref.dtype if ref is not None and ref.is_floating_point() else torch.float32
@@ -156,8 +182,7 @@ def trace(model: nn.Module, *, in_chans: int = 3, sizes: Sequence[int] | None = 
                 out_features=out_features,
             )
     finally:
-        for module, mode in modes.items():
-            module.training = mode
+        snapshot.restore()  # training flags and anything the forward pass cached
     raise InputAdaptationError(
         f"could not run a {in_chans}-channel dummy image through {type(model).__name__} "
         f"at any of the sizes tried ({'; '.join(errors)}). Pass input_size= to adapt()."
