@@ -46,21 +46,6 @@ def fresh(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(R, "_entry_points_loaded", True)
 
 
-@pytest.fixture
-def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Path]:
-    dirs = {k: tmp_path / k for k in ("torch", "hf", "tk")}
-    monkeypatch.setenv("TORCH_HOME", str(dirs["torch"]))
-    monkeypatch.setattr(torch.hub, "_hub_dir", None, raising=False)
-    monkeypatch.setenv("HF_HUB_CACHE", str(dirs["hf"]))
-    monkeypatch.setenv("TRANSFERKIT_CACHE", str(dirs["tk"]))
-    for var in ("TRANSFERKIT_OFFLINE", "HF_HUB_OFFLINE"):
-        monkeypatch.delenv(var, raising=False)
-
-    def no_network(source: W.WeightsSource, *, progress: bool) -> dict[str, torch.Tensor]:
-        raise AssertionError(f"download attempted for {source.cache_name}")
-
-    monkeypatch.setattr(W, "_download", no_network)
-    return dirs
 
 
 def random_state(name: str, seed: int) -> dict[str, torch.Tensor]:
