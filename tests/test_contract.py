@@ -33,9 +33,8 @@ TIMM_MODELS = [
 
 
 def _build_tv(name: str) -> nn.Module:
-    kwargs = {"init_weights": False} if name in {"googlenet", "inception_v3"} else {}
-    if name in {"googlenet", "inception_v3"}:
-        kwargs["aux_logits"] = True
+    with_aux = name in {"googlenet", "inception_v3"}
+    kwargs = {"init_weights": False, "aux_logits": True} if with_aux else {}
     return torchvision.models.get_model(name, weights=None, **kwargs)
 
 
