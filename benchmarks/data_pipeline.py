@@ -4,14 +4,21 @@ The seed loader is torchvision's ``FashionMNIST.__getitem__`` (a PIL image per s
 ``Resize`` when a size is asked for, then ``ToTensor``) behind a
 ``torch.utils.data.DataLoader(batch_size=64, shuffle=True)`` with the default
 ``num_workers=0``, exactly as in the seed notebook. transferkit's loader serves the same
-uint8 images, resized per batch with antialiasing. Both are timed side by side in one run
-over the same number of batches, after three warm-up batches each, several times, interleaved
-(the machine may be shared), and the median images/s is reported.
+uint8 images, resized per batch with antialiasing.
+
+Both run under the same thread setting: ``torch.set_num_threads(threads)`` for the whole
+process (default 1) and ``TensorLoader(num_threads=threads)``. Each repeat times every
+loader over the same number of batches, after three warm-up batches each, one after the
+other, in an order that alternates between repeats (the machine may be shared, so load
+from other processes hits all loaders alike). The ratio is computed per repeat
+(``ours / seed`` of the same repeat) and its median, minimum and maximum are reported.
 
 Usage::
 
-    python benchmarks/data_pipeline.py            # 28 and 224 px, median of 5 x 100 batches
-    python benchmarks/data_pipeline.py --quick    # a few batches, synthetic data (tests)
+    python benchmarks/data_pipeline.py              # 28 and 224 px, 5 repeats x 100 batches
+    python benchmarks/data_pipeline.py --threads 2  # both loaders with 2 torch threads
+    python benchmarks/data_pipeline.py --breakdown  # also: where one batch's time goes
+    python benchmarks/data_pipeline.py --quick      # a few batches, synthetic data (tests)
 
 The last line printed is a JSON record of the results.
 """
@@ -26,6 +33,7 @@ import statistics
 import sys
 import time
 from collections.abc import Iterable, Sequence
+from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
@@ -88,47 +96,124 @@ def _rate(loader: Iterable, batches: int, device: torch.device) -> float:
     return count / (time.perf_counter() - start)
 
 
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _load() -> float | None:
+    try:
+        return round(os.getloadavg()[0], 2)
+    except OSError:
+        return None
+
+
 def run(
-    sizes: Sequence[int], batches: int, repeats: int, device: torch.device, synthetic: bool
+    sizes: Sequence[int],
+    batches: int,
+    repeats: int,
+    device: torch.device,
+    synthetic: bool,
+    threads: int = 1,
 ) -> dict:
-    """Time the loaders at every size, interleaved; return median images/s and ratios."""
+    """Time the loaders at every size, interleaved; return images/s and per-repeat ratios."""
     images, labels, source = _images(synthetic)
+    load_before = _load()
     rows = []
     for size in sizes:
+        common = {"batch_size": BATCH_SIZE, "shuffle": True, "image_size": size,
+                  "device": device, "num_threads": threads}
         loaders = {
             "seed": (seed_loader(images, labels, size), torch.device("cpu")),
-            "ours": (TensorLoader(images, labels, batch_size=BATCH_SIZE, shuffle=True,
-                                  image_size=size, device=device), device),
+            "ours": (TensorLoader(images, labels, **common), device),
             # The full training transform: also normalisation, crop, flip and erasing.
-            "ours_aug": (TensorLoader(images, labels, batch_size=BATCH_SIZE, shuffle=True,
-                                      image_size=size, mean=(0.2860,), std=(0.3530,),
+            "ours_aug": (TensorLoader(images, labels, mean=(0.2860,), std=(0.3530,),
                                       augment=Augment(crop_padding=4, hflip=0.5, erase=0.25),
-                                      device=device), device),
+                                      **common), device),
         }
         rates: dict[str, list[float]] = {name: [] for name in loaders}
-        for _ in range(repeats):  # interleaved, so load from other work hits all alike
-            for name, (loader, dev) in loaders.items():
+        names = list(loaders)
+        for r in range(repeats):  # interleaved, order alternating, so load hits all alike
+            for name in names if r % 2 == 0 else names[::-1]:
+                loader, dev = loaders[name]
                 rates[name].append(_rate(loader, batches, dev))
+        ratios = [o / s for o, s in zip(rates["ours"], rates["seed"], strict=True)]
+        ratios_aug = [o / s for o, s in zip(rates["ours_aug"], rates["seed"], strict=True)]
         med = {name: statistics.median(values) for name, values in rates.items()}
-        rows.append({"size": size, "seed_img_s": med["seed"], "ours_img_s": med["ours"],
-                     "ours_aug_img_s": med["ours_aug"], "ratio": med["ours"] / med["seed"],
-                     "ratio_aug": med["ours_aug"] / med["seed"]})
+        rows.append({
+            "size": size, "seed_img_s": med["seed"], "ours_img_s": med["ours"],
+            "ours_aug_img_s": med["ours_aug"],
+            "ratio": statistics.median(ratios), "ratio_min": min(ratios),
+            "ratio_max": max(ratios), "ratios": ratios,
+            "ratio_aug": statistics.median(ratios_aug), "ratios_aug": ratios_aug,
+        })
     return {
         "rows": rows, "batches": batches, "repeats": repeats, "batch_size": BATCH_SIZE,
-        "data": source, "device": str(device), "torch_threads": torch.get_num_threads(),
-        "cpus": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__,
+        "data": source, "device": str(device), "threads": threads,
+        "torch_threads": torch.get_num_threads(), "cpus": os.cpu_count(), "cpu": _cpu_model(),
+        "load_before": load_before, "load_after": _load(),
+        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "python": platform.python_version(), "torch": torch.__version__,
     }
 
 
+def breakdown(size: int, *, batches: int = 50, channels: int = 1, stored: int = 28) -> dict:
+    """Time the stages of one TensorLoader batch at ``size`` px (median ms over ``batches``).
+
+    The stages of a plain batch (no normalisation, no augmentation): gather the uint8
+    images, convert to float, the first (height) and second (width) matrix product of the
+    resize (skipped, as by the loader, when ``size`` is the stored size), and, as the floor
+    that any float32 output must pay, filling a freshly allocated tensor of the output's size.
+    """
+    from transferkit.pipeline import _resize_matrix
+
+    g = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (4096, channels, stored, stored), generator=g,
+                           dtype=torch.uint8)
+    idx = torch.randperm(4096, generator=g)[:BATCH_SIZE]
+    wh = _resize_matrix(stored, size) / 255.0
+    ww_t = _resize_matrix(stored, size).T.contiguous()
+    x8 = images.index_select(0, idx)
+    xf = x8.float()
+    a = torch.matmul(wh, xf)
+    stages = {
+        "gather_uint8": lambda: images.index_select(0, idx),
+        "to_float": lambda: x8.float(),
+        "resize_height": lambda: torch.matmul(wh, xf),
+        "resize_width": lambda: torch.matmul(a, ww_t),
+        "fill_output": lambda: torch.empty(BATCH_SIZE, channels, size, size).fill_(0.0),
+    }
+    if size == stored:  # the loader does not resize then
+        del stages["resize_height"], stages["resize_width"]
+    times: dict[str, list[float]] = {name: [] for name in stages}
+    for _ in range(3):
+        for fn in stages.values():
+            fn()
+    for _ in range(batches):  # interleaved, like the loaders
+        for name, fn in stages.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return {name: 1e3 * statistics.median(values) for name, values in times.items()}
+
+
 def _print_table(result: dict) -> None:
-    print(f"data: {result['data']}; median of {result['repeats']} runs of {result['batches']} "
-          f"batches of {result['batch_size']}; device {result['device']}; "
-          f"{result['cpus']} CPUs, torch threads {result['torch_threads']}")
-    print(f"{'size':>5} | {'seed loader':>12} | {'TensorLoader':>12} | {'ratio':>6} | "
+    print(f"{result['date']}; data: {result['data']}; {result['repeats']} repeats of "
+          f"{result['batches']} batches of {result['batch_size']}; device {result['device']}; "
+          f"{result['cpus']} CPUs ({result['cpu']}); torch threads {result['torch_threads']} "
+          f"for both loaders; load average {result['load_before']} -> {result['load_after']}")
+    print(f"{'size':>5} | {'seed loader':>12} | {'TensorLoader':>12} | {'ratio (min-max)':>19} | "
           f"{'+norm+aug':>10} | {'ratio':>6}")
     for r in result["rows"]:
+        spread = f"{r['ratio']:.1f}x ({r['ratio_min']:.1f}-{r['ratio_max']:.1f})"
         print(f"{r['size']:>5} | {r['seed_img_s']:>12,.0f} | {r['ours_img_s']:>12,.0f} | "
-              f"{r['ratio']:>5.1f}x | {r['ours_aug_img_s']:>10,.0f} | {r['ratio_aug']:>5.1f}x")
+              f"{spread:>19} | {r['ours_aug_img_s']:>10,.0f} | {r['ratio_aug']:>5.1f}x")
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
@@ -140,18 +225,31 @@ def main(argv: Sequence[str] | None = None) -> dict:
     parser.add_argument("--repeats", type=int, default=None, help="runs per loader (default 5)")
     parser.add_argument("--sizes", type=int, nargs="+", default=[28, 224])
     parser.add_argument("--device", default="cpu", help="device of TensorLoader's batches")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="torch.set_num_threads for both loaders (default: torch's)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads for both loaders (default 1)")
     parser.add_argument("--synthetic", action="store_true",
                         help="random images instead of FashionMNIST")
+    parser.add_argument("--breakdown", action="store_true",
+                        help="also time the stages of one TensorLoader batch at each size")
     args = parser.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    if args.threads < 1:
+        parser.error(f"--threads must be >= 1, got {args.threads}")
+    previous = torch.get_num_threads()
+    torch.set_num_threads(args.threads)
     batches = args.batches or (3 if args.quick else 100)
     repeats = args.repeats or (1 if args.quick else 5)
-    result = run(args.sizes, batches, repeats, torch.device(args.device),
-                 args.synthetic or args.quick)
+    try:
+        result = run(args.sizes, batches, repeats, torch.device(args.device),
+                     args.synthetic or args.quick, threads=args.threads)
+        if args.breakdown:
+            result["breakdown_ms"] = {size: breakdown(size, batches=max(batches, 5))
+                                      for size in args.sizes}
+    finally:
+        torch.set_num_threads(previous)
     _print_table(result)
+    for size, stages in result.get("breakdown_ms", {}).items():
+        print(f"{size:>5} px, one batch of {BATCH_SIZE}, median ms: "
+              + ", ".join(f"{name} {ms:.3f}" for name, ms in stages.items()))
     print(json.dumps(result))
     return result
 

@@ -2,10 +2,13 @@
 
 Both train the same model (ResNet-18 adapted to 1-channel 28x28 inputs, random init) from
 the same initial weights on the same pre-built batches with the same optimizer (AdamW) for
-the same number of steps. Runs are interleaved (hand, trainer, trainer, hand, ...) so that
-load from other processes on a shared machine hits both alike; the median of the per-repeat
-ratios ``trainer_time / hand_time`` is printed, with the ratio of the fastest runs and
-the median ratio of CPU times (steadier when other processes share the cores).
+the same number of steps, under the same thread setting (``--threads``, default 1: on a
+shared 2-core machine, multi-threaded operations stall while other processes hold a core).
+One full run of each is a warm-up and is not measured. Then each repeat is a pair of runs,
+interleaved (hand, trainer, trainer, hand, ...) so that load from other processes hits both
+alike; the ratio ``trainer_time / hand_time`` is computed per pair and its median,
+quartiles, minimum and maximum are printed, with the ratio of the fastest runs and the
+median per-pair ratio of CPU times (steadier when other processes share the cores).
 Target: at most 1.03.
 
 Usage::
@@ -20,9 +23,12 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import os
 import platform
 import statistics
 import time
+from collections.abc import Sequence
+from datetime import datetime, timezone
 
 import torch
 import torch.nn.functional as F
@@ -69,21 +75,32 @@ def trainer_loop(model: nn.Module, batches: list, lr: float) -> tuple[float, flo
     return time.perf_counter() - wall, time.process_time() - cpu
 
 
-def main() -> None:
+def _quartiles(values: list[float]) -> tuple[float, float]:
+    if len(values) < 2:
+        return values[0], values[0]
+    q = statistics.quantiles(values, n=4, method="inclusive")
+    return q[0], q[2]
+
+
+def main(argv: Sequence[str] | None = None) -> dict:
+    """Run the benchmark from the command line; return the result record."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny model, few steps")
     parser.add_argument("--steps", type=int, default=None)
     parser.add_argument("--repeats", type=int, default=None)
     parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch intra-op threads for both loops (default 1)")
     parser.add_argument(
         "--micro",
         action="store_true",
         help="a linear model, 200 steps x 15 repeats: per-step overhead in us",
     )
-    args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    args = parser.parse_args(argv)
+    if args.threads < 1:
+        parser.error(f"--threads must be >= 1, got {args.threads}")
+    torch.set_num_threads(args.threads)
+    load_before = os.getloadavg()[0]
     steps = args.steps or (200 if args.micro else 5 if args.quick else 20)
     repeats = args.repeats or (15 if args.micro else 2 if args.quick else 9)
 
@@ -126,6 +143,11 @@ def main() -> None:
         "median_hand_s": statistics.median(wall["hand_loop"]),
         "median_trainer_s": statistics.median(wall["trainer_loop"]),
         "median_ratio": statistics.median(ratios),
+        "q1_ratio": _quartiles(ratios)[0],
+        "q3_ratio": _quartiles(ratios)[1],
+        "min_pair_ratio": min(ratios),
+        "max_pair_ratio": max(ratios),
+        "ratios": ratios,
         # On a shared machine: the least-disturbed runs, and CPU time (which waiting for a
         # core does not count), are steadier estimates than wall-clock time.
         "min_ratio": min(wall["trainer_loop"]) / min(wall["hand_loop"]),
@@ -134,17 +156,24 @@ def main() -> None:
         "overhead_us_per_step": 1e6 * (min(wall["trainer_loop"]) - min(wall["hand_loop"])) / steps,
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
+        "cpus": os.cpu_count(),
+        "load_before": round(load_before, 2),
+        "load_after": round(os.getloadavg()[0], 2),
+        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "machine": platform.machine(),
         "python": platform.python_version(),
     }
     print(
         f"median ratio trainer/hand: {result['median_ratio']:.4f} "
-        f"(overhead {100 * (result['median_ratio'] - 1):+.2f}%, target <= +3%); "
+        f"(overhead {100 * (result['median_ratio'] - 1):+.2f}%, target <= +3%), "
+        f"quartiles {result['q1_ratio']:.4f}-{result['q3_ratio']:.4f}, "
+        f"range {result['min_pair_ratio']:.4f}-{result['max_pair_ratio']:.4f}; "
         f"fastest runs: {result['min_ratio']:.4f}; "
         f"CPU time: {result['median_cpu_ratio']:.4f}; "
         f"{result['overhead_us_per_step']:.0f} us per step (fastest runs)"
     )
     print(json.dumps(result))
+    return result
 
 
 if __name__ == "__main__":

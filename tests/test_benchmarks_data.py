@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import statistics
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -20,14 +21,23 @@ def _load_benchmark():
 
 
 def test_data_pipeline_quick_runs(capsys):
+    import torch
+
     bench = _load_benchmark()
-    result = bench.main(["--quick", "--sizes", "28", "40"])
+    threads = torch.get_num_threads()
+    result = bench.main(["--quick", "--sizes", "28", "40", "--repeats", "2"])
     out = capsys.readouterr().out
+    assert torch.get_num_threads() == threads  # the benchmark's thread setting is undone
     assert [row["size"] for row in result["rows"]] == [28, 40]
-    assert result["batches"] == 3 and result["repeats"] == 1 and result["data"] == "synthetic"
+    assert result["batches"] == 3 and result["repeats"] == 2 and result["data"] == "synthetic"
+    assert result["threads"] == result["torch_threads"] == 1  # the same setting for both
     for row in result["rows"]:
         assert row["seed_img_s"] > 0 and row["ours_img_s"] > 0 and row["ours_aug_img_s"] > 0
-        assert row["ratio"] == row["ours_img_s"] / row["seed_img_s"]
+        assert len(row["ratios"]) == 2 and len(row["ratios_aug"]) == 2
+        # The ratio is per repeat (same-time pairs), summarised by its median and range.
+        assert row["ratio"] == statistics.median(row["ratios"])
+        assert row["ratio_min"] == min(row["ratios"]) <= row["ratio"] <= row["ratio_max"]
+        assert row["ratio_max"] == max(row["ratios"])
     assert "seed loader" in out and "TensorLoader" in out
     assert json.loads(out.strip().splitlines()[-1]) == json.loads(json.dumps(result))
 
@@ -43,3 +53,15 @@ def test_seed_loader_matches_torchvision_transforms():
     assert torch.equal(x[:, 0], images[y].float() / 255)  # PIL round trip + ToTensor
     x, _ = next(iter(bench.seed_loader(images, labels, 56)))
     assert x.shape == (4, 1, 56, 56)
+
+
+def test_breakdown_times_every_stage_of_a_batch(capsys):
+    bench = _load_benchmark()
+    result = bench.main(["--quick", "--sizes", "28", "40", "--breakdown"])
+    stages = result["breakdown_ms"][40]
+    assert list(stages) == ["gather_uint8", "to_float", "resize_height", "resize_width",
+                            "fill_output"]
+    assert all(ms > 0 for ms in stages.values())
+    # At the stored size the loader does not resize, so neither does the breakdown.
+    assert list(result["breakdown_ms"][28]) == ["gather_uint8", "to_float", "fill_output"]
+    assert "40 px, one batch of 64, median ms: gather_uint8" in capsys.readouterr().out

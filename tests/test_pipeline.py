@@ -66,6 +66,25 @@ def test_resize_is_antialiased_bilinear(size):
         assert not torch.allclose(x, plain, atol=1e-3)
 
 
+@pytest.mark.parametrize("kind", ["uint8", "uint8+norm", "float"])
+def test_every_scaling_path_resizes_to_the_same_values(kind):
+    # uint8 without mean/std folds the 1/255 into the resize weights; the other paths
+    # scale (and normalise) before resizing. All must equal scale-then-interpolate.
+    images, labels = _data(shape=(2, 6, 7))
+    mean, std = (0.3, 0.6), (0.2, 0.4)
+    kwargs = {"mean": mean, "std": std} if kind == "uint8+norm" else {}
+    data = images.float() / 255 if kind == "float" else images
+    x, _ = _collect(TensorLoader(data, labels, batch_size=4, image_size=(9, 20), **kwargs))
+    expected = images.float() / 255
+    if kind == "uint8+norm":
+        expected = (expected - torch.tensor(mean).view(1, 2, 1, 1)) / torch.tensor(std).view(
+            1, 2, 1, 1
+        )
+    expected = F.interpolate(expected, size=(9, 20), mode="bilinear", antialias=True)
+    assert x.shape == (10, 2, 9, 20)
+    torch.testing.assert_close(x, expected, rtol=0, atol=1e-5)
+
+
 def test_float_images_are_used_as_0_to_1_and_not_modified():
     images = torch.rand(5, 2, 4, 4)
     copy = images.clone()

@@ -11,26 +11,24 @@ Names (see ``docs/backbones.md``):
 - ``org:name``: user backbones, added with :func:`register_backbone` or through the
   ``transferkit.backbones`` entry-point group.
 
-``torchvision.models`` and ``timm`` are imported only when a name needs them.
+``torchvision.models`` and ``timm`` are imported only when a name needs them. The specs
+themselves are in :mod:`transferkit.specs`, the built-in sources in :mod:`transferkit.sources`.
 """
 
 from __future__ import annotations
 
 import fnmatch
-import functools
 import logging
 import os
-import re
 import warnings
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field, fields
+from dataclasses import fields
 from pathlib import Path
 from typing import Any, TypeVar
 
 import torch
 from torch import nn
 
-from transferkit import lite_weights
 from transferkit.errors import (
     ConfigError,
     DuplicateBackboneError,
@@ -38,6 +36,8 @@ from transferkit.errors import (
     WeightsNotFoundError,
     closest,
 )
+from transferkit.sources import lite_specs, timm_spec, torchvision_names, torchvision_spec
+from transferkit.specs import IMAGENET_MEAN, IMAGENET_STD, BackboneInfo, BackboneSpec
 from transferkit.weights import (
     WeightsSource,
     load_checked,
@@ -61,73 +61,8 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 ENTRY_POINT_GROUP = "transferkit.backbones"
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 _RESERVED = ("torchvision", "timm")
-StateDict = dict[str, torch.Tensor]
 B = TypeVar("B", bound=Callable[[], nn.Module])
-
-
-@dataclass(frozen=True)
-class BackboneSpec:
-    """Describe a registered backbone: how to build it and where its weights are.
-
-    ``builder()`` returns the original architecture (``num_classes`` outputs, random
-    weights); ``weights`` is ``None`` for a backbone without pretrained weights.
-    ``convert(state_dict, model)`` renames checkpoint keys into the model's, if needed.
-    """
-
-    name: str
-    source: str
-    architecture: str
-    builder: Callable[[], nn.Module] = field(compare=False, repr=False)
-    weights: WeightsSource | None = None
-    weights_tag: str | None = None
-    num_classes: int = 1000
-    in_chans: int = 3
-    mean: tuple[float, ...] = IMAGENET_MEAN
-    std: tuple[float, ...] = IMAGENET_STD
-    input_size: tuple[int, int, int] = (3, 224, 224)
-    interpolation: str = "bilinear"
-    crop_pct: float = 0.875
-    license: str | None = None
-    first_layer: str | None = None
-    head: str | None = None
-    convert: Callable[[StateDict, nn.Module], StateDict] | None = field(
-        default=None, compare=False, repr=False
-    )
-
-
-@dataclass(frozen=True)
-class BackboneInfo:
-    """Describe a backbone for users: preprocessing, weights, layers and stages.
-
-    ``first_layer``/``head`` come from the source's metadata when it has them, else
-    from :func:`transferkit.adaptation.get_info` on a model built on the ``meta``
-    device; ``stages`` always come from ``get_info`` (empty with ``stages=False``).
-    ``cache_file`` is where ``TRANSFERKIT_CACHE`` expects the weights.
-    """
-
-    name: str
-    source: str
-    architecture: str
-    weights_tag: str | None
-    has_weights: bool
-    num_classes: int
-    in_chans: int
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-    input_size: tuple[int, int, int]
-    interpolation: str
-    crop_pct: float
-    license: str | None
-    first_layer: str | None
-    head: str | None
-    url: str | None
-    hf_hub_id: str | None
-    weights_package: str | None
-    cache_file: str | None
-    stages: tuple[Any, ...] = ()
 
 
 _REGISTRY: dict[str, BackboneSpec] = {}
@@ -144,36 +79,8 @@ def _add(spec: BackboneSpec, *, replace: bool = False) -> None:
     _REGISTRY[spec.name] = spec
 
 
-def _timm_create(name: str, **kwargs: Any) -> nn.Module:
-    import timm
-
-    return timm.create_model(name, pretrained=False, **kwargs)
-
-
-def _lite_convert(state: StateDict, model: nn.Module) -> StateDict:
-    if lite_weights.is_lite_state_dict(state):
-        return lite_weights.lite_to_timm(state, model.state_dict(), origin="the Lite package")
-    return state
-
-
-def _register_lite() -> None:
-    for v in lite_weights.LITE_VARIANTS.values():
-        weights = WeightsSource(
-            cache_name=v.name,
-            package=v.distribution,
-            package_file=functools.partial(lite_weights.package_file, v),
-        )
-        _add(BackboneSpec(
-            name=v.name, source="timm", architecture=v.name, weights_tag="tf_in1k",
-            builder=functools.partial(_timm_create, v.name, **lite_weights.LITE_ARCH_KWARGS),
-            weights=weights, mean=lite_weights.LITE_MEAN, std=lite_weights.LITE_STD,
-            input_size=v.input_size, interpolation=lite_weights.LITE_INTERPOLATION,
-            crop_pct=v.crop_pct, license=lite_weights.LITE_LICENSE, first_layer="conv_stem",
-            head="classifier", convert=_lite_convert,
-        ))
-
-
-_register_lite()
+for _lite in lite_specs():  # the only built-in names with weights from pip packages
+    _add(_lite)
 
 
 def register_backbone(
@@ -285,91 +192,6 @@ def _load_entry_points() -> None:
             )
 
 
-@functools.cache
-def _torchvision_names() -> tuple[str, ...]:
-    import torchvision.models as tvm
-
-    return tuple(tvm.list_models(module=tvm))
-
-
-def _densenet_convert(state: StateDict, model: nn.Module) -> StateDict:
-    # torchvision's DenseNet checkpoints predate a rename ("norm.1" -> "norm1").
-    pattern = re.compile(
-        r"^(.*denselayer\d+\.(?:norm|relu|conv))\."
-        r"((?:[12])\.(?:weight|bias|running_mean|running_var))$"
-    )
-    out = {}
-    for key, value in state.items():
-        m = pattern.match(key)
-        out[m.group(1) + m.group(2) if m else key] = value
-    return out
-
-
-@functools.cache
-def _torchvision_spec(arch: str, tag: str | None) -> BackboneSpec:
-    import torchvision.models as tvm
-
-    enum = tvm.get_model_weights(arch)
-    tags = [w.name for w in enum]
-    if tag is not None and tag not in tags:
-        raise UnknownBackboneError(
-            f"torchvision model {arch!r} has no weights {tag!r}.{closest(tag, tags)} "
-            f"Valid: {', '.join(tags)}."
-        )
-    w = enum[tag] if tag is not None else enum.DEFAULT
-    t = w.transforms()
-    kwargs: dict[str, Any] = {"num_classes": len(w.meta["categories"])}
-    if arch in ("googlenet", "inception_v3"):  # what torchvision's builders set for weights
-        kwargs.update(transform_input=True, aux_logits=True, init_weights=False)
-    if arch.startswith("vit_"):
-        kwargs["image_size"] = w.meta["min_size"][0]
-    name = arch if tag is None else f"torchvision:{arch}.{tag}"
-    return BackboneSpec(
-        name=name, source="torchvision", architecture=arch, weights_tag=w.name,
-        builder=functools.partial(tvm.get_model, arch, weights=None, **kwargs),
-        weights=WeightsSource(
-            cache_name=f"torchvision--{arch}.{w.name}", url=w.url, download="torchvision",
-            download_ref=f"{type(w).__name__}.{w.name}",
-        ),
-        num_classes=kwargs["num_classes"], mean=tuple(t.mean), std=tuple(t.std),
-        input_size=(3, t.crop_size[0], t.crop_size[0]), interpolation=t.interpolation.value,
-        crop_pct=t.crop_size[0] / t.resize_size[0],
-        convert=_densenet_convert if arch.startswith("densenet") else None,
-    )
-
-
-@functools.cache
-def _timm_spec(full: str, explicit_tag: bool) -> BackboneSpec:
-    import timm
-    from timm.models import get_pretrained_cfg, split_model_name_tag
-
-    arch, tag = split_model_name_tag(full)
-    try:
-        cfg = get_pretrained_cfg(full)
-    except RuntimeError:
-        cfg = None
-    if cfg is None:
-        tags = timm.list_pretrained(f"{arch}.*")
-        raise UnknownBackboneError(
-            f"timm model {arch!r} has no pretrained tag {tag!r}.{closest(full, tags)} "
-            f"Valid: {', '.join(tags) or 'none'}."
-        )
-    has_weights = bool(cfg.hf_hub_id or cfg.url)
-    ref = f"{arch}.{cfg.tag}"
-    return BackboneSpec(
-        name=f"timm:{ref if explicit_tag else arch}", source="timm", architecture=arch,
-        weights_tag=cfg.tag, builder=functools.partial(_timm_create, ref),
-        weights=WeightsSource(
-            cache_name=f"timm--{ref}", url=cfg.url or None, hf_hub_id=cfg.hf_hub_id,
-            hf_hub_filename=cfg.hf_hub_filename, download="timm", download_ref=ref,
-        ) if has_weights else None,
-        num_classes=cfg.num_classes or 0, in_chans=cfg.input_size[0], mean=tuple(cfg.mean),
-        std=tuple(cfg.std), input_size=tuple(cfg.input_size), interpolation=cfg.interpolation,
-        crop_pct=cfg.crop_pct, license=cfg.license, first_layer=cfg.first_conv,
-        head=cfg.classifier,
-    )
-
-
 def _unknown(name: str, choices: Iterable[str], hint: str = "") -> UnknownBackboneError:
     return UnknownBackboneError(
         f"Unknown backbone {name!r}.{closest(name, choices)}{hint} See "
@@ -400,21 +222,21 @@ def backbone_spec(name: str) -> BackboneSpec:
         arch = rest.partition(".")[0]
         if not timm.is_model(arch):
             raise _unknown(name, ["timm:" + n for n in timm.list_models(f"*{arch[:4]}*")])
-        return _timm_spec(rest, "." in rest)
+        return timm_spec(rest, "." in rest)
     if sep and prefix == "torchvision":
         arch, _, tag = rest.partition(".")
-        if arch not in _torchvision_names():
-            raise _unknown(name, ["torchvision:" + n for n in _torchvision_names()])
-        return _torchvision_spec(arch, tag or None)
-    if not sep and name in _torchvision_names():
-        return _torchvision_spec(name, None)
+        if arch not in torchvision_names():
+            raise _unknown(name, ["torchvision:" + n for n in torchvision_names()])
+        return torchvision_spec(arch, tag or None)
+    if not sep and name in torchvision_names():
+        return torchvision_spec(name, None)
     hint = ""
     if not sep:
         import timm
 
         if timm.is_model(name.partition(".")[0]):
             hint = f" It is a timm model: use 'timm:{name}'."
-    raise _unknown(name, [*_REGISTRY, *_torchvision_names()], hint)
+    raise _unknown(name, [*_REGISTRY, *torchvision_names()], hint)
 
 
 def list_backbones(
@@ -451,7 +273,7 @@ def list_backbones(
     found: dict[str, bool] = {n: s.weights is not None for n, s in _REGISTRY.items()
                               if sources is None or s.source in sources}
     if sources is None or "torchvision" in sources:
-        found.update((n, True) for n in _torchvision_names())  # every builder has weights
+        found.update((n, True) for n in torchvision_names())  # every builder has weights
     if (sources is not None and "timm" in sources) or pattern.startswith("timm:"):
         import timm
 

@@ -8,21 +8,21 @@ validates, updates the history and writes checkpoints. Events (see
 The Trainer knows nothing about backbones: it works with any ``nn.Module`` that maps a
 ``(N, C, H, W)`` float batch to ``(N, num_classes)`` logits and any iterable of
 ``(inputs, targets)`` batches, including a plain ``torch.utils.data.DataLoader``.
+
+The loop is here; its parts live in their own modules: :mod:`~transferkit.batch_checks`
+(the first-batch checks, ``set_epoch``), :mod:`~transferkit.history` (best epoch, early
+stopping, history files), :mod:`~transferkit.trainer_state` (the checkpoint format),
+:mod:`~transferkit.schedules`, :mod:`~transferkit.optimizers`, :mod:`~transferkit.devices`
+and :mod:`~transferkit.interrupts` (Ctrl-C).
 """
 
 from __future__ import annotations
 
 import contextlib
-import csv
-import inspect
-import io
-import json
 import logging
 import math
 import os
-import signal
 import sys
-import threading
 import time
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -33,15 +33,15 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from transferkit.batch_checks import check_first_batch, data_len, set_data_epoch
 from transferkit.callbacks import Callback, CallbackList
 from transferkit.checkpoint import (
     atomic_write_bytes,
-    atomic_write_text,
     get_rng_state,
-    load_checkpoint,
     save_checkpoint,
     set_rng_state,
 )
+from transferkit.devices import PRECISION_DTYPES, Precision, autocast, select_device
 from transferkit.distributed import (
     DistInfo,
     all_reduce_sum,
@@ -52,106 +52,23 @@ from transferkit.distributed import (
     shard_for_training,
 )
 from transferkit.errors import (
-    CheckpointError,
     ConfigError,
     DataError,
     NonFiniteLossError,
-    TransferKitError,
     closest,
 )
+from transferkit.history import format_epoch, new_best, resolve_monitor, update_best, write_history
+from transferkit.interrupts import sigint_requests_stop
 from transferkit.metrics import MetricSums
+from transferkit.optimizers import default_optimizer
+from transferkit.schedules import WarmupCosine, warmup_cosine, warmup_cosine_scheduler
+from transferkit.trainer_state import CHECKPOINT_FORMAT, freeze_record, load_into, read_state
 
-__all__ = ["Trainer", "WarmupCosine", "select_device", "warmup_cosine"]
+# WarmupCosine, warmup_cosine, select_device and Precision live in schedules.py and
+# devices.py; they stay importable from here.
+__all__ = ["Precision", "Trainer", "WarmupCosine", "select_device", "warmup_cosine"]
 
 log = logging.getLogger(__name__)
-
-Precision = Literal["fp32", "bf16", "fp16"]
-_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-CHECKPOINT_FORMAT = "transferkit.trainer/1"
-
-
-def warmup_cosine(
-    step: int, *, warmup_steps: int, total_steps: int, min_ratio: float = 0.0
-) -> float:
-    """Return the LR multiplier at ``step``: linear warm-up, then cosine decay.
-
-    A pure function of the step, used through ``LambdaLR`` so that every parameter group
-    keeps its own LR ratio (discriminative learning rates survive the schedule).
-
-    Args:
-        step: Optimizer steps taken so far.
-        warmup_steps: Steps of linear warm-up from ``1 / warmup_steps`` to 1.
-        total_steps: Step at which the multiplier reaches ``min_ratio``.
-        min_ratio: The final multiplier.
-    """
-    if step < warmup_steps:
-        return (step + 1) / warmup_steps
-    span = max(1, total_steps - warmup_steps)
-    progress = min(1.0, (step - warmup_steps) / span)
-    return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
-
-
-class WarmupCosine:
-    """Callable form of :func:`warmup_cosine` for ``LambdaLR`` (its state is checkpointed)."""
-
-    def __init__(self, *, warmup_steps: int, total_steps: int, min_ratio: float = 0.0) -> None:
-        self.warmup_steps, self.total_steps, self.min_ratio = warmup_steps, total_steps, min_ratio
-
-    def __call__(self, step: int) -> float:
-        return warmup_cosine(
-            step,
-            warmup_steps=self.warmup_steps,
-            total_steps=self.total_steps,
-            min_ratio=self.min_ratio,
-        )
-
-
-def select_device(device: str | torch.device = "auto", *, local_rank: int = 0) -> torch.device:
-    """Pick the training device: ``"auto"`` prefers CUDA, then MPS, then CPU.
-
-    Args:
-        device: ``"auto"`` or anything ``torch.device`` accepts.
-        local_rank: The CUDA device index to use when ``device`` names no index.
-    """
-    if str(device) == "auto":
-        if torch.cuda.is_available():
-            device = f"cuda:{local_rank}"
-        elif getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-            device = "mps"
-        else:
-            device = "cpu"
-    dev = torch.device(device)
-    if dev.type == "cuda" and dev.index is None:
-        dev = torch.device("cuda", local_rank)
-    return dev
-
-
-def _set_epoch(data: Any, epoch: int, *, start_batch: int = 0) -> int:
-    """Select ``epoch`` on ``data`` (or its sampler); return the batches it will skip itself.
-
-    Data modules expose ``set_epoch(epoch)`` (transferkit's loaders also take
-    ``start_batch=`` to resume mid-epoch without replaying); DataLoaders via their sampler.
-    """
-    for obj in (
-        data,
-        getattr(data, "sampler", None),
-        getattr(data, "batch_sampler", None),
-        getattr(getattr(data, "batch_sampler", None), "sampler", None),
-    ):
-        if obj is not None and hasattr(obj, "set_epoch"):
-            if start_batch and "start_batch" in inspect.signature(obj.set_epoch).parameters:
-                obj.set_epoch(epoch, start_batch=start_batch)
-                return start_batch
-            obj.set_epoch(epoch)
-            return 0
-    return 0
-
-
-def _len(data: Any) -> int | None:
-    try:
-        return len(data)
-    except TypeError:
-        return None
 
 
 class Trainer:
@@ -233,10 +150,10 @@ class Trainer:
         for name, value in (("lr", lr), ("body_lr", body_lr), ("lr_ratio", lr_ratio)):
             if value is not None and not value > 0:
                 raise ConfigError(f"{name} must be > 0, got {value!r}.")
-        if precision not in _DTYPES:
+        if precision not in PRECISION_DTYPES:
             raise ConfigError(
                 f"precision={precision!r} is not supported; use one of "
-                f"{sorted(_DTYPES)}.{closest(str(precision), _DTYPES)}"
+                f"{sorted(PRECISION_DTYPES)}.{closest(str(precision), PRECISION_DTYPES)}"
             )
         if scheduler_interval not in ("step", "epoch"):
             raise ConfigError(f"scheduler_interval={scheduler_interval!r}; use 'step' or 'epoch'.")
@@ -284,7 +201,7 @@ class Trainer:
         self.step = 0  # optimizer steps taken
         self.batch_in_epoch = 0  # batches of the current epoch already trained
         self.history: list[dict[str, Any]] = []
-        self.best: dict[str, Any] = {"value": None, "epoch": None, "bad_epochs": 0}
+        self.best: dict[str, Any] = new_best()
         self.should_stop = False
         self.interrupted = False
         self.last_loss: float = float("nan")
@@ -437,14 +354,14 @@ class Trainer:
             if self.dist.is_main:
                 sums.load(resume["partial"])
         self._epoch_rng = get_rng_state()
-        skipped = _set_epoch(data, self.epoch, start_batch=skip)
+        skipped = set_data_epoch(data, self.epoch, start_batch=skip)
         batches: Iterator[Any] = iter(data)
         for _ in range(skip - skipped):  # loaders that cannot start mid-epoch: replay
             next(batches)
         if resume is not None:
             set_rng_state(resume["rng"])
             self._resume = None
-        n = _len(data)
+        n = data_len(data)
         accum, pending = self.grad_accum, False
         bar = self._bar(n, skip)
         for i, (x, y) in enumerate(batches, start=skip):
@@ -547,10 +464,7 @@ class Trainer:
         return x
 
     def _autocast(self) -> contextlib.AbstractContextManager[Any]:
-        dtype = _DTYPES[self.precision]
-        if dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(device_type=self.device.type, dtype=dtype)
+        return autocast(self.device, self.precision)
 
     def _reduce(self, sums: MetricSums) -> MetricSums:
         if self.dist.enabled:
@@ -573,39 +487,22 @@ class Trainer:
         return self._ddp
 
     def _default_optimizer(self) -> torch.optim.Optimizer:
-        from transferkit.param_groups import param_groups
-
-        try:
-            groups = param_groups(
-                self.model,
-                self.lr,
-                self.body_lr,
-                weight_decay=self.weight_decay,
-                include_frozen=True,
-            )
-        except TransferKitError as exc:  # e.g. no recognisable head: one group for all
-            log.info("one parameter group at lr=%g (%s)", self.lr, exc)
-            groups = [
-                {
-                    "params": list(self.model.parameters()),
-                    "lr": self.lr,
-                    "weight_decay": self.weight_decay,
-                    "name": "all",
-                }
-            ]
-        return torch.optim.AdamW(groups, lr=self.lr, weight_decay=self.weight_decay)
+        return default_optimizer(
+            self.model, self.lr, self.body_lr, weight_decay=self.weight_decay
+        )
 
     def _setup_schedule(self, data: Iterable[Any], epochs: int) -> None:
         if not self._default_schedule or self.scheduler is not None:
             return
-        n = _len(data)
+        n = data_len(data)
         if n is None:
             log.warning("train data has no len(): constant LR (pass scheduler= to change it)")
             self._default_schedule = False
             return
         total = epochs * math.ceil(n / self.grad_accum)
-        schedule = WarmupCosine(warmup_steps=max(1, round(self.warmup * total)), total_steps=total)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, schedule)
+        self.scheduler = warmup_cosine_scheduler(
+            self.optimizer, total_steps=total, warmup=self.warmup
+        )
 
     def _bar(self, total: int | None, initial: int) -> Any:
         show = self.progress if self.progress is not None else sys.stderr.isatty()
@@ -615,63 +512,31 @@ class Trainer:
 
         return tqdm(total=total, initial=initial, desc=f"epoch {self.epoch + 1}", leave=False)
 
-    @contextlib.contextmanager
-    def _sigint_handler(self) -> Iterator[None]:
-        if threading.current_thread() is not threading.main_thread():
-            yield
-            return
-        previous = signal.getsignal(signal.SIGINT)
-
-        def handler(signum: int, frame: Any) -> None:
-            if self._sigint:  # a second Ctrl-C aborts at once
-                raise KeyboardInterrupt
+    def _sigint_handler(self) -> contextlib.AbstractContextManager[None]:
+        def request() -> None:
             self._sigint = True
 
-        signal.signal(signal.SIGINT, handler)
-        try:
-            yield
-        finally:
-            signal.signal(signal.SIGINT, previous)
+        return sigint_requests_stop(request, lambda: self._sigint)
 
     # ----------------------------------------------------------------- bookkeeping
     def _check_monitor(self, has_val: bool) -> None:
-        keys = ["train_loss"] + ["train_acc" if k == 1 else f"train_top{k}" for k in self.topk]
-        if has_val:
-            keys += [k.replace("train", "val") for k in keys]
-        if self._monitor_arg is None:
-            self.monitor = "val_loss" if has_val else "train_loss"
-        elif self._monitor_arg not in keys:
-            raise ConfigError(
-                f"monitor={self._monitor_arg!r} is not a history key; use one "
-                f"of {keys}.{closest(self._monitor_arg, keys)}"
-            )
+        self.monitor = resolve_monitor(self._monitor_arg, self.topk, has_val=has_val)
 
     def _update_best(self, record: dict[str, Any]) -> None:
-        value = record[self.monitor]
-        higher = "acc" in self.monitor or "top" in self.monitor
-        best = self.best["value"]
-        if best is None or (value > best if higher else value < best):
-            self.best.update(value=value, epoch=record["epoch"], bad_epochs=0)
-            return
-        self.best["bad_epochs"] += 1
-        if self.patience is not None and self.best["bad_epochs"] >= self.patience:
+        if update_best(self.best, record, monitor=self.monitor, patience=self.patience):
             self.should_stop = True
             if self.dist.is_main:
                 log.info(
                     "early stopping: %s did not improve for %d epochs (best %.4g at epoch %d)",
                     self.monitor,
                     self.patience,
-                    best,
+                    self.best["value"],
                     self.best["epoch"],
                 )
 
     def _log_epoch(self, record: dict[str, Any], epochs: int) -> None:
-        if not self.dist.is_main:
-            return
-        parts = [f"epoch {record['epoch']}/{epochs}", f"lr {record['lr']:.3g}"]
-        parts += [f"{k} {v:.4f}" for k, v in record.items() if k not in ("epoch", "lr", "time")]
-        parts.append(f"time {record['time']:.1f}s")
-        log.info("  ".join(parts))
+        if self.dist.is_main:
+            log.info(format_epoch(record, epochs))
 
     def _write_epoch_files(self, *, improved: bool) -> None:
         if self.out_dir is None or not self.dist.is_main:
@@ -679,13 +544,7 @@ class Trainer:
         last = save_checkpoint(self.state_dict(), self.out_dir / "last.pt")
         if improved:
             atomic_write_bytes(self.out_dir / "best.pt", last.read_bytes())
-        atomic_write_text(self.out_dir / "history.json", json.dumps(self.history, indent=1))
-        buffer = io.StringIO()
-        fields = list(dict.fromkeys(k for r in self.history for k in r))
-        writer = csv.DictWriter(buffer, fieldnames=fields, lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(self.history)
-        atomic_write_text(self.out_dir / "history.csv", buffer.getvalue())
+        write_history(self.out_dir, self.history)
 
     def _save_interrupted(self) -> None:
         if not self.dist.is_main:
@@ -704,12 +563,6 @@ class Trainer:
     def state_dict(self) -> dict[str, Any]:
         """Return everything needed to resume, as tensors and plain values."""
         mid_epoch = self.batch_in_epoch > 0
-        try:
-            from transferkit.freezing import freeze_state
-
-            frozen = freeze_state(self.model)
-        except (ImportError, TransferKitError):  # no freezing module, or nothing to record
-            frozen = None
         return {
             "format": CHECKPOINT_FORMAT,
             "model": self.model.state_dict(),
@@ -722,7 +575,7 @@ class Trainer:
             "rng": get_rng_state(),
             "epoch_rng": self._epoch_rng if mid_epoch else None,
             "partial": self._partial.cpu() if mid_epoch and self._partial is not None else None,
-            "freeze": frozen,
+            "freeze": freeze_record(self.model),
             "history": self.history,
             "best": dict(self.best),
             "seed": self.seed,
@@ -734,27 +587,9 @@ class Trainer:
                 raise ConfigError("resume=True needs out_dir; pass resume='path/to/last.pt'.")
             resume = self.out_dir / "last.pt"
         path = Path(resume)  # type: ignore[arg-type]
-        state = load_checkpoint(path, map_location="cpu")
-        if state.get("format") != CHECKPOINT_FORMAT:
-            raise CheckpointError(
-                f"{str(path)!r} is not a Trainer checkpoint (format "
-                f"{state.get('format')!r}, expected {CHECKPOINT_FORMAT!r})."
-            )
-        try:
-            if state["freeze"] is not None:
-                from transferkit.freezing import load_freeze_state
-
-                load_freeze_state(self.model, state["freeze"])
-            self.model.load_state_dict(state["model"])
-            self.optimizer.load_state_dict(state["optimizer"])
-            if self.scheduler is not None and state["scheduler"] is not None:
-                self.scheduler.load_state_dict(state["scheduler"])
-            if self.scaler is not None and state["scaler"] is not None:
-                self.scaler.load_state_dict(state["scaler"])
-        except (KeyError, RuntimeError, ValueError) as exc:
-            raise CheckpointError(
-                f"Checkpoint {str(path)!r} does not fit this model or optimizer: {exc}"
-            ) from exc
+        state = read_state(path)
+        load_into(state, model=self.model, optimizer=self.optimizer, scheduler=self.scheduler,
+                  scaler=self.scaler, path=path)
         if state.get("seed", self.seed) != self.seed:
             warnings.warn(
                 f"The checkpoint was trained with seed={state['seed']} but this Trainer has "
@@ -778,94 +613,10 @@ class Trainer:
 
     def _check_data(self, data: Iterable[Any], split: str) -> int:
         """Check the first batch before any training; return the model's class count."""
-        rng = get_rng_state()  # peeking must not shift any random stream
-        try:
-            batch = next(iter(data), None)
-        finally:
-            set_rng_state(rng)
-        if batch is None:
-            if split == "val" and self.dist.enabled:
-                return 0  # a rank may hold no validation batch; the others count them all
-            raise DataError(
-                f"The {split} data is empty: it yielded no batch. Check the data "
-                "set path and that batch_size <= the number of samples with drop_last."
-            )
-        if not isinstance(batch, (tuple, list)) or len(batch) < 2:
-            raise DataError(
-                f"The {split} data must yield (inputs, targets) batches; the first "
-                f"batch is a {type(batch).__name__}. Use a DataLoader over a data "
-                "set of (image, label) pairs, e.g. TensorDataset(images, labels)."
-            )
-        x, y = batch[0], batch[1]
-        if not (isinstance(x, torch.Tensor) and isinstance(y, torch.Tensor)):
-            raise DataError(
-                f"The first {split} batch holds {type(x).__name__} inputs and "
-                f"{type(y).__name__} targets; both must be tensors."
-            )
-        if x.dim() != 4 or not x.is_floating_point():
-            raise DataError(
-                f"The first {split} batch has inputs of shape {tuple(x.shape)} and "
-                f"dtype {x.dtype}; expected floats of shape (batch, channels, "
-                "height, width). Convert uint8 images with x.float() / 255 and "
-                "normalise them; add a channel axis to (N, H, W) with x[:, None]."
-            )
-        if x.shape[0] == 0:
-            raise DataError(
-                f"The first {split} batch is empty (batch size 0); use batch_size >= 1."
-            )
-        if y.dim() != 1 or y.shape[0] != x.shape[0] or y.is_floating_point():
-            raise DataError(
-                f"The first {split} batch has targets of shape {tuple(y.shape)} and "
-                f"dtype {y.dtype} for {x.shape[0]} inputs; expected {x.shape[0]} "
-                "integer class indices, shape (batch,)."
-            )
-        in_chans = _model_in_chans(self.model)
-        if in_chans is not None and x.shape[1] != in_chans:
-            raise DataError(
-                f"The {split} images have {x.shape[1]} channels but the model's "
-                f"input layer expects {in_chans}. Adapt the model with "
-                f"adapt(model, num_classes, in_chans={x.shape[1]}) or convert the "
-                f"images to {in_chans} channels."
-            )
-        was_training = self.model.training
-        self.model.eval()
-        try:  # a 2-sample forward pass catches every other shape mismatch cheaply
-            with torch.no_grad(), self._autocast():
-                out = self.model(self._inputs(x[:2]))
-        except RuntimeError as exc:
-            raise DataError(
-                f"The model cannot run on the first {split} batch (inputs of shape "
-                f"{tuple(x.shape)}): {exc}"
-            ) from exc
-        finally:
-            self.model.train(was_training)
-        if out.dim() != 2:
-            raise DataError(
-                f"The model returns outputs of shape {tuple(out.shape)} for "
-                f"{split} inputs of shape {tuple(x[:2].shape)}; expected "
-                "(batch, num_classes) logits."
-            )
-        num_classes = out.shape[1]
-        low, high = int(y.min()), int(y.max())
-        if low < 0 or high >= num_classes:
-            bad = low if low < 0 else high
-            raise DataError(
-                f"The {split} labels include {bad}, outside the model's "
-                f"{num_classes} classes [0, {num_classes - 1}]. Adapt the model with "
-                f"adapt(model, num_classes={max(high + 1, num_classes)}) or fix "
-                "the labels."
-            )
-        return num_classes
-
-
-def _model_in_chans(model: nn.Module) -> int | None:
-    # get_info discovers the input layer without changing the model; unknown models skip.
-    try:
-        from transferkit.adaptation import get_info
-
-        return int(get_info(model).in_chans)
-    except (ImportError, TransferKitError, AttributeError, TypeError):
-        return None
+        return check_first_batch(
+            self.model, data, split, to_device=self._inputs, autocast=self._autocast,
+            allow_empty=split == "val" and self.dist.enabled,
+        )
 
 
 def _check_positive_int(name: str, value: Any) -> None:
