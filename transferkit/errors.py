@@ -54,6 +54,10 @@ class UnknownPolicyError(TransferKitError, ValueError):
     """A freezing policy or recipe name is not known."""
 
 
+class UnknownRecipeError(UnknownPolicyError, ConfigError):
+    """A recipe name is not known (both an ``UnknownPolicyError`` and a ``ConfigError``)."""
+
+
 class StageIndexError(TransferKitError, IndexError):
     """A stage index is outside the model's stages."""
 

@@ -1,0 +1,225 @@
+"""fine_tune() and its recipes, on a tiny model and a FashionMNIST subset (CPU)."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+
+import pytest
+import torch
+
+import transferkit as tk
+from transferkit.errors import ConfigError, DataNotFoundError, UnknownPolicyError
+from transferkit.l2sp import L2SPLoss
+from transferkit.pipeline import TensorLoader
+from transferkit.recipes import L2SP_ALPHA, LAYER_DECAY, RECIPES, fine_tune, list_recipes
+
+SIZE = 16
+STATS = {"mean": (0.286,), "std": (0.353,)}
+
+
+@pytest.fixture(scope="module")
+def fmnist():
+    from transferkit.fashion_mnist import fashion_mnist
+
+    try:
+        return fashion_mnist(offline=True)
+    except DataNotFoundError:
+        pytest.skip("FashionMNIST is not installed here")
+
+
+def _model(seed: int = 0) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    return tk.create("resnet18", 10, in_chans=1, pretrained=False)
+
+
+def _data(fmnist, n: int, n_val: int):
+    train = TensorLoader(fmnist.train_images[:n], fmnist.train_labels[:n], batch_size=16,
+                         shuffle=True, image_size=SIZE, seed=1, **STATS)
+    val = TensorLoader(fmnist.test_images[:n_val], fmnist.test_labels[:n_val], batch_size=32,
+                       image_size=SIZE, **STATS)
+    return train, val
+
+
+def _params(model):
+    return {n: p.detach().clone() for n, p in model.named_parameters()}
+
+
+def _changed(before, model):
+    return {n for n, p in model.named_parameters() if not torch.equal(before[n], p.detach())}
+
+
+def test_recipes_are_named_and_documented():
+    assert list_recipes() == ["full", "linear_probe", "lp_ft", "gradual", "llrd", "bitfit",
+                              "l2sp"]
+    for name, recipe in RECIPES.items():
+        assert recipe.name == name and recipe.summary and recipe.reference
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        RECIPES["full"].lr = 1.0  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"recipe": "lp-ft"}, ConfigError, r"unknown recipe 'lp-ft'.*Did you mean 'lp_ft'"),
+        ({"recipe": "linearprobe"}, UnknownPolicyError, r"Did you mean 'linear_probe'"),
+        ({"epochs": 0}, ConfigError, r"epochs must be an int >= 1, got 0"),
+        ({"l2sp": -0.1}, ConfigError, r"l2sp must be a finite number >= 0, got -0.1"),
+        ({"lr": 0.0}, ConfigError, r"lr must be a finite number > 0"),
+        ({"recipe": "lp_ft", "epochs": 1}, ConfigError, r"needs epochs >= 2"),
+        ({"recipe": "lp_ft", "probe_epochs": 3, "epochs": 3}, ConfigError, r"probe_epochs"),
+        ({"recipe": "full", "probe_epochs": 1}, ConfigError, r"lp_ft' only"),
+        ({"optimizer": None}, ConfigError, r"builds its optimizer"),
+        ({"weight_decai": 0.1}, ConfigError, r"Did you mean 'weight_decay'"),
+        ({"precision": "fp8"}, ConfigError, r"precision='fp8'"),
+        ({"monitor": "val_accuracy"}, ConfigError, r"Did you mean 'val_acc'"),
+    ],
+)
+def test_bad_arguments_fail_before_anything_changes(kwargs, error, match):
+    model = _model()
+    before = _params(model)
+    grads = [p.requires_grad for p in model.parameters()]
+    data = [(torch.randn(4, 1, SIZE, SIZE), torch.tensor([0, 1, 2, 3]))]
+    with pytest.raises(error, match=match):
+        fine_tune(model, data, data, device="cpu", **kwargs)
+    assert not _changed(before, model)
+    assert [p.requires_grad for p in model.parameters()] == grads
+
+
+def test_linear_probe_trains_the_head_only_and_matches_the_model(fmnist):
+    model = _model()
+    train, val = _data(fmnist, 64, 64)
+    before = _params(model)
+    buffers = {n: b.clone() for n, b in model.named_buffers()}
+    result = fine_tune(model, train, val, recipe="linear_probe", epochs=2, device="cpu")
+    assert result.model is model and result.recipe == "linear_probe"
+    assert _changed(before, model) == {"fc.weight", "fc.bias"}
+    assert all(torch.equal(buffers[n], b) for n, b in model.named_buffers())  # eval mode
+    assert [(r["epoch"], r["phase"]) for r in result.history] == [(1, "probe"), (2, "probe")]
+    assert result.history[1]["train_loss"] < result.history[0]["train_loss"]
+    # The probe's val metrics (on cached features) are the full model's on the images.
+    scores = result.trainer.evaluate(val)
+    assert scores["acc"] == pytest.approx(result.history[-1]["val_acc"], abs=1e-9)
+    assert scores["loss"] == pytest.approx(result.history[-1]["val_loss"], rel=1e-4)
+
+
+def test_cached_probe_equals_the_slow_probe(fmnist):
+    train, val = _data(fmnist, 480, 160)
+    fast, slow = _model(), _model()
+    slow.load_state_dict(fast.state_dict())
+    a = fine_tune(fast, train, val, recipe="linear_probe", epochs=2, device="cpu")
+    b = fine_tune(slow, train, val, recipe="linear_probe", epochs=2, device="cpu",
+                  cache_features=False)
+    for ra, rb in zip(a.history, b.history, strict=True):
+        assert abs(ra["val_acc"] - rb["val_acc"]) <= 0.005
+        assert ra["train_loss"] == pytest.approx(rb["train_loss"], rel=1e-3)
+    assert a.history[-1]["val_acc"] > 0.3  # it learned something: 10 classes
+    # Same order, same optimizer: the same head up to float rounding.
+    assert torch.allclose(fast.fc.weight, slow.fc.weight, atol=1e-4)
+
+
+def test_lp_ft_probes_then_trains_everything(fmnist, tmp_path):
+    model = _model()
+    train, val = _data(fmnist, 32, 32)
+    before = _params(model)
+    result = fine_tune(model, train, val, recipe="lp_ft", epochs=2, device="cpu",
+                       out_dir=tmp_path)
+    assert [(r["epoch"], r["phase"]) for r in result.history] == [(1, "probe"),
+                                                                  (2, "finetune")]
+    assert _changed(before, model) == set(before)
+    assert all(p.requires_grad for p in model.parameters())
+    assert result.trainer.model is model
+    saved = json.loads((tmp_path / "history.json").read_text())
+    assert [r["phase"] for r in saved] == ["probe", "finetune"]
+    assert (tmp_path / "probe" / "last.pt").is_file()
+    assert (tmp_path / "finetune" / "last.pt").is_file()
+
+
+def test_bitfit_trains_biases_and_head_only(fmnist):
+    model = _model()
+    train, _ = _data(fmnist, 32, 32)
+    before = _params(model)
+    fine_tune(model, train, recipe="bitfit", epochs=1, device="cpu")
+    changed = _changed(before, model)
+    assert {"fc.weight", "fc.bias", "bn1.bias"} <= changed
+    assert all(n.endswith("bias") or n.startswith("fc.") for n in changed)
+
+
+def test_gradual_opens_the_last_stage_after_the_first_epoch(fmnist):
+    model = _model()
+    train, _ = _data(fmnist, 32, 32)
+    before = _params(model)
+    result = fine_tune(model, train, recipe="gradual", epochs=2, device="cpu")
+    assert result.trainer.unfreeze_every == 1
+    changed = _changed(before, model)
+    assert {n for n in changed if not n.startswith("fc.")} == {
+        n for n in before if n.startswith("layer4.")
+    }
+
+
+def test_full_and_l2sp_train_everything(fmnist):
+    train, _ = _data(fmnist, 32, 32)
+    for recipe in ("full", "l2sp"):
+        model = _model()
+        before = _params(model)
+        result = fine_tune(model, train, recipe=recipe, epochs=2, device="cpu")
+        assert _changed(before, model) == set(before)
+        assert result.history[1]["train_loss"] < result.history[0]["train_loss"]
+        groups = {g["name"]: g["initial_lr"] for g in result.trainer.optimizer.param_groups}
+        assert groups["head"] == pytest.approx(1e-3)
+        assert groups["body/no_decay"] == pytest.approx(1e-4)
+    assert isinstance(result.trainer.loss_fn, L2SPLoss)
+    assert result.trainer.loss_fn.penalty.alpha == L2SP_ALPHA
+
+
+def test_l2sp_argument_adds_the_penalty_to_any_recipe():
+    model = _model()
+    data = [(torch.randn(4, 1, SIZE, SIZE), torch.tensor([0, 1, 2, 3]))]
+    result = fine_tune(model, data, recipe="bitfit", epochs=1, device="cpu", l2sp=0.5)
+    assert result.trainer.loss_fn.penalty.alpha == 0.5
+
+
+def test_llrd_decays_the_lr_stage_by_stage():
+    model = _model()
+    data = [(torch.randn(4, 1, SIZE, SIZE), torch.tensor([0, 1, 2, 3]))]
+    before = _params(model)
+    result = fine_tune(model, data, recipe="llrd", epochs=1, device="cpu", lr=1e-2,
+                       body_lr=1e-3, weight_decay=0.0)
+    lrs = {g["name"]: g["initial_lr"] for g in result.trainer.optimizer.param_groups}
+    assert lrs["head"] == pytest.approx(1e-2)
+    assert lrs["stage4:layer4"] == pytest.approx(1e-3)
+    assert lrs["stage3:layer3"] == pytest.approx(1e-3 * LAYER_DECAY)
+    assert lrs["stage0:stem"] == pytest.approx(1e-3 * LAYER_DECAY**4)
+    assert result.trainer.scheduler is not None
+    assert _changed(before, model) == set(before)
+
+
+def test_lr_overrides_and_a_plain_list_of_batches():
+    model = _model()
+    data = [(torch.randn(4, 1, SIZE, SIZE), torch.tensor([0, 1, 2, 3]))] * 2
+    head = copy.deepcopy(model.fc)
+    result = fine_tune(model, data, recipe="linear_probe", epochs=1, device="cpu", lr=0.05)
+    assert result.trainer.lr == 0.05
+    assert not torch.equal(head.weight, model.fc.weight)
+
+
+def test_linear_probe_from_a_shuffling_dataloader():
+    from torch.utils.data import DataLoader, TensorDataset
+
+    model = _model()
+    before = _params(model)
+    g = torch.Generator().manual_seed(0)
+    data = DataLoader(TensorDataset(torch.randn(24, 1, SIZE, SIZE, generator=g),
+                                    torch.arange(24) % 10), batch_size=8, shuffle=True)
+    result = fine_tune(model, data, data, recipe="linear_probe", epochs=2, device="cpu")
+    assert _changed(before, model) == {"fc.weight", "fc.bias"}
+    assert [r["epoch"] for r in result.history] == [1, 2]
+    assert result.trainer.evaluate(data)["acc"] == pytest.approx(result.history[-1]["val_acc"])
+
+
+def test_l2sp_on_a_linear_probe_warns():
+    model = _model()
+    data = [(torch.randn(4, 1, SIZE, SIZE), torch.tensor([0, 1, 2, 3]))]
+    with pytest.warns(UserWarning, match="no effect with recipe 'linear_probe'"):
+        fine_tune(model, data, recipe="linear_probe", epochs=1, device="cpu", l2sp=0.1)
