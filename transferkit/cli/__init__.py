@@ -1,0 +1,175 @@
+"""The ``transferkit`` command line: list, describe, fine-tune, predict and export.
+
+Commands (``transferkit COMMAND --help`` for each one's options)::
+
+    transferkit backbones [PATTERN]
+    transferkit info NAME
+    transferkit train --data DIR|fashion-mnist --backbone NAME --out DIR ...
+    transferkit predict MODEL_FILE IMAGE... [--topk K] [--json]
+    transferkit export MODEL_FILE --format torchscript|onnx [--out PATH]
+
+Exit codes: 0 success, 1 failure (one ``transferkit: error: ...`` line on stderr; with
+``--verbose`` also the traceback), 2 usage error (bad or missing arguments).
+Progress is logged to stderr; results go to stdout. One module per command group:
+:mod:`~transferkit.cli.catalog` (backbones, info), :mod:`~transferkit.cli.train`,
+:mod:`~transferkit.cli.predict`, :mod:`~transferkit.cli.export`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import traceback
+import warnings
+from collections.abc import Sequence
+from typing import Any
+
+from transferkit._version import __version__
+from transferkit.cli import catalog, export, predict, train
+from transferkit.errors import TransferKitError
+
+__all__ = ["build_parser", "main"]
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
+    return value
+
+
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0.0 <= value < 1.0:
+        raise argparse.ArgumentTypeError(f"must be a number in [0, 1), got {text!r}")
+    return value
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Return the ``transferkit`` argument parser (one sub-parser per command)."""
+    parser = argparse.ArgumentParser(
+        prog="transferkit", description="Fine-tune pretrained image backbones.",
+        epilog="Exit codes: 0 ok, 1 failure, 2 usage error. See docs/cli.md.")
+    parser.add_argument("--version", action="version", version=f"transferkit {__version__}")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("-v", "--verbose", action="store_true",
+                        help="debug logging, and the traceback of errors")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("backbones", parents=[common], help="list backbone names",
+                       description="List backbones: name, source, weights.")
+    p.add_argument("pattern", nargs="?", default="*",
+                   help="shell-style pattern, e.g. 'resnet*' or 'timm:convnext*'")
+    p.set_defaults(func=catalog.cmd_backbones)
+
+    p = sub.add_parser("info", parents=[common], help="describe one backbone",
+                       description="Describe a backbone: weights, preprocessing, layers, "
+                       "stages, parameters.")
+    p.add_argument("name", help="a backbone name, e.g. resnet18")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=catalog.cmd_info)
+
+    p = sub.add_parser("train", parents=[common], help="fine-tune on an image folder",
+                       description="Fine-tune a backbone on DIR/<class>/<image> (or "
+                       "FashionMNIST) and write OUT/model.safetensors and the history.")
+    p.add_argument("--data", required=True, help=f"image folder, or '{train.FASHION_MNIST}'")
+    p.add_argument("--backbone", required=True, help="backbone name (transferkit backbones)")
+    p.add_argument("--out", required=True, help="output folder (created if needed)")
+    p.add_argument("--recipe", default="lp_ft", help="fine-tuning recipe (default: lp_ft)")
+    p.add_argument("--epochs", type=_positive_int, default=5)
+    p.add_argument("--batch-size", type=_positive_int, default=64)
+    p.add_argument("--image-size", type=_positive_int, default=224)
+    p.add_argument("--lr", type=float, default=None, help="learning rate (default: recipe's)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--val-fraction", type=_fraction, default=0.2,
+                   help="share of each class held out for validation (image folders)")
+    p.add_argument("--subset", type=_positive_int, default=None,
+                   help="use at most N training and N validation images")
+    p.add_argument("--weights", default="imagenet",
+                   help="'imagenet' (pretrained), 'none' (random init) or a weights file")
+    p.add_argument("--in-chans", type=int, choices=(1, 3), default=None,
+                   help="1 (grayscale) or 3 (RGB); default 3 for folders, 1 for FashionMNIST")
+    p.add_argument("--strict", action="store_true",
+                   help="stop (exit 1) on an undecodable image instead of skipping it")
+    p.set_defaults(func=train.cmd_train)
+
+    p = sub.add_parser("predict", parents=[common], help="classify images",
+                       description="Print PATH<TAB>CLASS<TAB>PROBABILITY, top-k per image.")
+    p.add_argument("model_file", help="a model.safetensors written by train")
+    p.add_argument("images", nargs="+", help="image files")
+    p.add_argument("--topk", type=_positive_int, default=1)
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument("--device", default="cpu")
+    p.set_defaults(func=predict.cmd_predict)
+
+    p = sub.add_parser("export", parents=[common], help="export to TorchScript or ONNX",
+                       description="Export a model file; the export is checked against the "
+                       "model's output before it is written.")
+    p.add_argument("model_file", help="a model.safetensors written by train")
+    p.add_argument("--format", required=True, choices=("torchscript", "onnx"))
+    p.add_argument("--out", default=None, help="output file (default: MODEL_FILE.pt/.onnx)")
+    p.set_defaults(func=export.cmd_export)
+    return parser
+
+
+def _show_warning(message: Any, category: Any, *args: Any, **kwargs: Any) -> None:
+    print(f"transferkit: warning: {_one_line(message)}", file=sys.stderr)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``transferkit`` command line and return its exit code.
+
+    Args:
+        argv: The arguments after the program name; default ``sys.argv[1:]``.
+
+    Returns:
+        0 on success, 1 on failure, 2 on a usage error.
+    """
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help, --version (0) and usage errors (2)
+        return exc.code if isinstance(exc.code, int) else 2
+    if args.command is None:
+        parser.print_usage(sys.stderr)
+        print("transferkit: error: a command is required (see transferkit --help)",
+              file=sys.stderr)
+        return 2
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    package_log = logging.getLogger("transferkit")
+    old_level = package_log.level
+    package_log.addHandler(handler)
+    package_log.setLevel(logging.DEBUG if args.verbose else logging.INFO)
+    try:
+        with warnings.catch_warnings():
+            warnings.showwarning = _show_warning
+            return int(args.func(args))
+    except (TransferKitError, OSError) as exc:
+        error, message = exc, _one_line(exc)
+    except KeyboardInterrupt:
+        print("transferkit: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # noqa: BLE001  # a bug: say so on one line, details with -v
+        error = exc
+        message = (f"unexpected {type(exc).__name__}: {_one_line(exc)} (rerun with "
+                   "--verbose for the traceback and report it)")
+    finally:
+        package_log.removeHandler(handler)
+        package_log.setLevel(old_level)
+    if args.verbose:
+        traceback.print_exception(type(error), error, error.__traceback__, file=sys.stderr)
+    print(f"transferkit: error: {message}", file=sys.stderr)
+    return 1
