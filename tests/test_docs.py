@@ -8,7 +8,20 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-PAGES = ["README.md", "docs/adapt.md", "docs/param_groups.md", "docs/freezing.md"]
+PAGES = [
+    "README.md",
+    "docs/adapt.md",
+    "docs/param_groups.md",
+    "docs/freezing.md",
+    "docs/backbones.md",
+    "docs/data.md",
+    "docs/trainer.md",
+    "docs/recipes.md",
+    "docs/cli.md",
+    "docs/getting-started.md",
+    "docs/offline.md",
+    "docs/faq.md",
+]
 
 
 def _blocks(page: str) -> list[str]:

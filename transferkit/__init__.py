@@ -27,10 +27,12 @@ from transferkit.errors import (
     TransferKitError,
     UnknownBackboneError,
     UnknownPolicyError,
+    UnknownRecipeError,
     WeightsError,
     WeightsMismatchError,
     WeightsNotFoundError,
 )
+from transferkit.features import FeatureLoader, extract_features
 from transferkit.freezing import (
     GradualUnfreezing,
     freeze,
@@ -40,7 +42,10 @@ from transferkit.freezing import (
     unfreeze,
 )
 from transferkit.input_layer import adapt_channel_stats, adapt_input_weight
+from transferkit.l2sp import L2SP, L2SPLoss
+from transferkit.model_file import ModelMeta, load_model, read_meta, save_model
 from transferkit.param_groups import param_groups, param_groups_table
+from transferkit.recipes import RECIPES, FineTuneResult, Recipe, fine_tune, list_recipes
 from transferkit.registry import (
     BackboneInfo,
     BackboneSpec,
@@ -65,10 +70,17 @@ __all__ = [
     "DataError",
     "DataNotFoundError",
     "DuplicateBackboneError",
+    "FeatureLoader",
+    "FineTuneResult",
     "GradualUnfreezing",
     "HeadNotFoundError",
     "InputAdaptationError",
+    "L2SP",
+    "L2SPLoss",
+    "ModelMeta",
     "NonFiniteLossError",
+    "RECIPES",
+    "Recipe",
     "Stage",
     "StageIndexError",
     "Trainer",
@@ -76,6 +88,7 @@ __all__ = [
     "TransferKitError",
     "UnknownBackboneError",
     "UnknownPolicyError",
+    "UnknownRecipeError",
     "WeightsError",
     "WeightsMismatchError",
     "WeightsNotFoundError",
@@ -84,17 +97,23 @@ __all__ = [
     "adapt_input_weight",
     "backbone_info",
     "create",
+    "extract_features",
+    "fine_tune",
     "freeze",
     "freeze_state",
     "freezing_summary",
     "get_info",
     "list_backbones",
+    "list_recipes",
     "load_checkpoint",
     "load_freeze_state",
+    "load_model",
     "param_groups",
     "param_groups_table",
+    "read_meta",
     "register_backbone",
     "save_checkpoint",
+    "save_model",
     "unfreeze",
     "unregister_backbone",
     "warmup_cosine",
