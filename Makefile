@@ -34,3 +34,4 @@ test: install data
 
 demo: install data
 	$(BIN)/python examples/adapt_demo.py
+	$(BIN)/python examples/fashion_resnet18.py
