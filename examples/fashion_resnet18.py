@@ -209,7 +209,7 @@ def train_full(args, model, train, val, test, facts, out, device):
         freeze(model, f"stages:{k - 1}")  # the stem and k - 1 stages after it
         x0, _ = next(iter(test))
         prefix, net = split_at_stage(model, k, x0[:4])
-        data = tuple(tk.data.TensorLoader(
+        data = tuple(tk.FeatureLoader(
             *cache_stage_inputs(prefix, model, loader), batch_size=args.batch_size,
             shuffle=loader.shuffle, seed=args.seed) for loader in (train, val, test))
         facts["frozen and cached"] = f"stem + {k - 1} stages (input of stage {k}: " \

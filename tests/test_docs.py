@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
 import pytest
+
+import transferkit.registry as R
 
 ROOT = Path(__file__).resolve().parent.parent
 PAGES = [
@@ -29,8 +32,16 @@ def _blocks(page: str) -> list[str]:
 
 
 @pytest.mark.parametrize("page", PAGES)
-def test_code_blocks_run(page: str, capsys) -> None:
+def test_code_blocks_run(page: str, capsys, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Pages set environment variables and register example backbones, as a user would;
+    # none of that may leak into the other tests.
+    monkeypatch.setattr(R, "_REGISTRY", dict(R._REGISTRY))
+    saved_env = dict(os.environ)
     blocks = _blocks(page)
     assert blocks, f"{page} has no python code block"
-    for code in blocks:
-        exec(compile(code, page, "exec"), {"__name__": "__doc_test__"})
+    try:
+        for code in blocks:
+            exec(compile(code, page, "exec"), {"__name__": "__doc_test__"})
+    finally:
+        os.environ.clear()
+        os.environ.update(saved_env)

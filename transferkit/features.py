@@ -144,13 +144,14 @@ def extract_features(
 class FeatureLoader:
     """Iterate over batches of cached features, reshuffled every epoch.
 
-    Batches are ``(features.view(B, D, 1, 1), labels)``: the Trainer takes image-shaped
-    inputs, and :class:`HeadOnFeatures` reshapes them back. The order of an epoch is a
-    pure function of ``(seed, epoch)`` and ``set_epoch(epoch, start_batch=...)`` is
-    supported, so the Trainer's exact resume works.
+    Batches of ``[N, D]`` features are ``(features.view(B, D, 1, 1), labels)``: the Trainer
+    takes image-shaped inputs, and :class:`HeadOnFeatures` reshapes them back. ``[N, C, H, W]``
+    features (cached stage inputs, see :mod:`transferkit.stage_cache`) are yielded as stored.
+    The order of an epoch is a pure function of ``(seed, epoch)`` and
+    ``set_epoch(epoch, start_batch=...)`` is supported, so the Trainer's exact resume works.
 
     Args:
-        features: ``[N, D]`` float tensor.
+        features: ``[N, D]`` or ``[N, C, H, W]`` float tensor.
         labels: ``[N]`` integer tensor.
         batch_size: Samples per batch.
         shuffle: A new permutation every epoch (else the stored order).
@@ -173,9 +174,11 @@ class FeatureLoader:
     ) -> None:
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ConfigError(f"batch_size={batch_size!r} must be a positive int, e.g. 64.")
-        if not isinstance(features, torch.Tensor) or features.dim() != 2:
+        if not isinstance(features, torch.Tensor) or features.dim() not in (2, 4):
             shape = tuple(features.shape) if isinstance(features, torch.Tensor) else None
-            raise DataError(f"features must be a [N, D] tensor, got shape {shape}.")
+            raise DataError(
+                f"features must be a [N, D] or [N, C, H, W] tensor, got shape {shape}."
+            )
         if labels.dim() != 1 or labels.shape[0] != features.shape[0]:
             raise DataError(
                 f"labels must be [N] with N={features.shape[0]}, got {tuple(labels.shape)}."
@@ -217,7 +220,9 @@ class FeatureLoader:
         for b in range(start, len(self)):
             idx = order[b * self.batch_size : (b + 1) * self.batch_size]
             x = self.features.index_select(0, idx)
-            yield x.view(x.shape[0], x.shape[1], 1, 1), self.labels.index_select(0, idx)
+            if x.dim() == 2:
+                x = x.view(x.shape[0], x.shape[1], 1, 1)
+            yield x, self.labels.index_select(0, idx)
 
 
 class HeadOnFeatures(nn.Module):
