@@ -31,6 +31,7 @@ from pathlib import Path
 import torch
 
 import transferkit as tk
+from transferkit.cli.train import check_writable
 from transferkit.data import TensorLoader, fashion_mnist
 from transferkit.errors import TransferKitError, WeightsNotFoundError
 from transferkit.freezing import freeze
@@ -119,13 +120,9 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     notes: list[str] = []
     try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / ".write-test"
-        probe.write_bytes(b"")
-        probe.unlink()
+        check_writable(out)
     except OSError as exc:
-        print(f"fashion_resnet18: error: --out {str(out)!r} is not writable: {exc}",
-              file=sys.stderr)
+        print(f"fashion_resnet18: error: {exc}", file=sys.stderr)
         return 1
     try:
         return run(args, out, notes, start)
