@@ -18,6 +18,7 @@ The Trainer calls :func:`setup` once; when ``WORLD_SIZE`` > 1 it initialises
 
 from __future__ import annotations
 
+import atexit
 import itertools
 import logging
 import math
@@ -96,13 +97,21 @@ def setup(device: torch.device) -> DistInfo:
     if device.type == "cuda":
         torch.cuda.set_device(device)
     dist.init_process_group(backend=backend)
+    # A group still alive at interpreter shutdown can abort the process (Gloo's worker
+    # threads release tensors after Python is gone): destroy it first if the script didn't.
+    atexit.register(cleanup)
     info = DistInfo(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
     log.info("distributed: backend=%s rank=%d world_size=%d", backend, info.rank, info.world_size)
     return info
 
 
 def cleanup() -> None:
-    """Destroy the process group if one is initialised (call once at the end of a script)."""
+    """Destroy the process group if one is initialised (call once at the end of a script).
+
+    Also runs at exit for a group the Trainer initialised. The group's worker threads stop
+    only once nothing holds the group any more: the Trainer drops its DDP wrapper when
+    ``fit()`` returns, but a DDP model of your own must be deleted before this call.
+    """
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
 

@@ -277,35 +277,46 @@ class Trainer:
             self._restore(resume)
 
         self.should_stop = self.interrupted = self._sigint = False
-        with self._sigint_handler():
-            self.callbacks.fire("on_fit_start", self)
-            while self.epoch < epochs and not self.should_stop:
-                if self._unfreezer is not None:
-                    unfrozen = self._unfreezer.on_epoch_start(self.epoch)
-                    if unfrozen and self.dist.is_main:
-                        log.info("epoch %d: unfroze %s", self.epoch + 1, ", ".join(unfrozen))
-                self.callbacks.fire("on_epoch_start", self)
-                start = time.perf_counter()
-                train_sums = self._train_epoch(train_data)
-                if self.interrupted:
-                    self._save_interrupted()
-                    break
-                record: dict[str, Any] = {"epoch": self.epoch + 1, "lr": self._lr()}
-                record.update(self._reduce(train_sums).result("train"))
-                if val_data is not None:
-                    record.update(self._run_eval(val_data).result("val"))
-                record["time"] = time.perf_counter() - start
-                self.history.append(record)
-                self._update_best(record)
-                if self.scheduler is not None and self.scheduler_interval == "epoch":
-                    self.scheduler.step()
-                self.epoch += 1
-                self.batch_in_epoch = 0
-                self.callbacks.fire("on_epoch_end", self)
-                self._log_epoch(record, epochs)
-                self._write_epoch_files(improved=self.best["epoch"] == record["epoch"])
-            self.callbacks.fire("on_fit_end", self)
+        try:
+            with self._sigint_handler():
+                self._fit_epochs(train_data, val_data, epochs)
+        finally:
+            # Drop the DDP wrapper: it holds the process group, whose Gloo threads must be
+            # joined by destroy_process_group() while Python is alive (a group left to
+            # interpreter shutdown can abort the process).
+            self._ddp = None
         return self.history
+
+    def _fit_epochs(
+        self, train_data: Iterable[Any], val_data: Iterable[Any] | None, epochs: int
+    ) -> None:
+        self.callbacks.fire("on_fit_start", self)
+        while self.epoch < epochs and not self.should_stop:
+            if self._unfreezer is not None:
+                unfrozen = self._unfreezer.on_epoch_start(self.epoch)
+                if unfrozen and self.dist.is_main:
+                    log.info("epoch %d: unfroze %s", self.epoch + 1, ", ".join(unfrozen))
+            self.callbacks.fire("on_epoch_start", self)
+            start = time.perf_counter()
+            train_sums = self._train_epoch(train_data)
+            if self.interrupted:
+                self._save_interrupted()
+                break
+            record: dict[str, Any] = {"epoch": self.epoch + 1, "lr": self._lr()}
+            record.update(self._reduce(train_sums).result("train"))
+            if val_data is not None:
+                record.update(self._run_eval(val_data).result("val"))
+            record["time"] = time.perf_counter() - start
+            self.history.append(record)
+            self._update_best(record)
+            if self.scheduler is not None and self.scheduler_interval == "epoch":
+                self.scheduler.step()
+            self.epoch += 1
+            self.batch_in_epoch = 0
+            self.callbacks.fire("on_epoch_end", self)
+            self._log_epoch(record, epochs)
+            self._write_epoch_files(improved=self.best["epoch"] == record["epoch"])
+        self.callbacks.fire("on_fit_end", self)
 
     @torch.no_grad()
     def evaluate(self, data: Iterable[Any]) -> dict[str, float]:
@@ -487,9 +498,7 @@ class Trainer:
         return self._ddp
 
     def _default_optimizer(self) -> torch.optim.Optimizer:
-        return default_optimizer(
-            self.model, self.lr, self.body_lr, weight_decay=self.weight_decay
-        )
+        return default_optimizer(self.model, self.lr, self.body_lr, weight_decay=self.weight_decay)
 
     def _setup_schedule(self, data: Iterable[Any], epochs: int) -> None:
         if not self._default_schedule or self.scheduler is not None:
@@ -588,8 +597,14 @@ class Trainer:
             resume = self.out_dir / "last.pt"
         path = Path(resume)  # type: ignore[arg-type]
         state = read_state(path)
-        load_into(state, model=self.model, optimizer=self.optimizer, scheduler=self.scheduler,
-                  scaler=self.scaler, path=path)
+        load_into(
+            state,
+            model=self.model,
+            optimizer=self.optimizer,
+            scheduler=self.scheduler,
+            scaler=self.scaler,
+            path=path,
+        )
         if state.get("seed", self.seed) != self.seed:
             warnings.warn(
                 f"The checkpoint was trained with seed={state['seed']} but this Trainer has "
@@ -614,7 +629,11 @@ class Trainer:
     def _check_data(self, data: Iterable[Any], split: str) -> int:
         """Check the first batch before any training; return the model's class count."""
         return check_first_batch(
-            self.model, data, split, to_device=self._inputs, autocast=self._autocast,
+            self.model,
+            data,
+            split,
+            to_device=self._inputs,
+            autocast=self._autocast,
             allow_empty=split == "val" and self.dist.enabled,
         )
 

@@ -82,8 +82,21 @@ def main() -> None:
             "steps": [int(s) for s in all_steps],
             "eval_matches_history": ev_loader["acc"] == history[-1]["val_acc"],
         }
-        (out_dir / "result.json").write_text(json.dumps(result))
     cleanup()
+    if trainer.dist.is_main:
+        # The Trainer dropped its DDP wrapper, so cleanup() destroyed the group and joined
+        # Gloo's threads; threads left to interpreter shutdown can abort the process.
+        result["gloo_threads_after_cleanup"] = gloo_threads()
+        (out_dir / "result.json").write_text(json.dumps(result))
+
+
+def gloo_threads() -> list[str] | None:
+    """Names of this process's Gloo threads (Linux only; ``None`` elsewhere)."""
+    tasks = Path("/proc/self/task")
+    if not tasks.is_dir():
+        return None
+    names = [(task / "comm").read_text().strip() for task in tasks.iterdir()]
+    return [name for name in names if "gloo" in name]
 
 
 if __name__ == "__main__":
