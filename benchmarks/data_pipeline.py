@@ -11,11 +11,14 @@ process (default 1) and ``TensorLoader(num_threads=threads)``. Each repeat times
 loader over the same number of batches, after three warm-up batches each, one after the
 other, in an order that alternates between repeats (the machine may be shared, so load
 from other processes hits all loaders alike). The ratio is computed per repeat
-(``ours / seed`` of the same repeat) and its median, minimum and maximum are reported.
+(``ours / seed`` of the same repeat) and its median, quartiles, minimum and maximum are
+reported. Each turn also records the process's CPU time: both loaders run in this process
+(``num_workers=0``) on one thread, so the CPU-time ratio is the same comparison with the
+time the process spent waiting for a core (other processes on a shared machine) removed.
 
 Usage::
 
-    python benchmarks/data_pipeline.py              # 28 and 224 px, 5 repeats x 100 batches
+    python benchmarks/data_pipeline.py              # 28 and 224 px, 15 repeats x 40 batches
     python benchmarks/data_pipeline.py --threads 2  # both loaders with 2 torch threads
     python benchmarks/data_pipeline.py --breakdown  # also: where one batch's time goes
     python benchmarks/data_pipeline.py --quick      # a few batches, synthetic data (tests)
@@ -80,20 +83,22 @@ def seed_loader(images: torch.Tensor, labels: torch.Tensor, size: int) -> Iterab
     return torch.utils.data.DataLoader(dataset, batch_size=BATCH_SIZE, shuffle=True)
 
 
-def _rate(loader: Iterable, batches: int, device: torch.device) -> float:
+def _rate(loader: Iterable, batches: int, device: torch.device) -> tuple[float, float]:
+    """Return images/s of wall time and images/s of this process's CPU time."""
     iterator = iter(loader)
     for _ in range(WARMUP):  # first batches pay one-off costs (allocator, kernels, threads)
         next(iterator)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     count = 0
     for _ in range(batches):
         x, _ = next(iterator)
         count += x.shape[0]
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-    return count / (time.perf_counter() - start)
+    wall, cpu = time.perf_counter() - start, time.process_time() - cpu_start
+    return count / wall, count / max(cpu, 1e-9)
 
 
 def _cpu_model() -> str:
@@ -138,19 +143,24 @@ def run(
                                       **common), device),
         }
         rates: dict[str, list[float]] = {name: [] for name in loaders}
+        cpu_rates: dict[str, list[float]] = {name: [] for name in loaders}
         names = list(loaders)
         for r in range(repeats):  # interleaved, order alternating, so load hits all alike
             for name in names if r % 2 == 0 else names[::-1]:
                 loader, dev = loaders[name]
-                rates[name].append(_rate(loader, batches, dev))
+                wall_rate, cpu_rate = _rate(loader, batches, dev)
+                rates[name].append(wall_rate)
+                cpu_rates[name].append(cpu_rate)
         ratios = [o / s for o, s in zip(rates["ours"], rates["seed"], strict=True)]
+        cpu_ratios = [o / s for o, s in zip(cpu_rates["ours"], cpu_rates["seed"], strict=True)]
         ratios_aug = [o / s for o, s in zip(rates["ours_aug"], rates["seed"], strict=True)]
         med = {name: statistics.median(values) for name, values in rates.items()}
         rows.append({
             "size": size, "seed_img_s": med["seed"], "ours_img_s": med["ours"],
             "ours_aug_img_s": med["ours_aug"],
             "ratio": statistics.median(ratios), "ratio_min": min(ratios),
-            "ratio_max": max(ratios), "ratios": ratios,
+            "ratio_max": max(ratios), "ratio_quartiles": _quartiles(ratios), "ratios": ratios,
+            "cpu_ratio": statistics.median(cpu_ratios), "cpu_ratios": cpu_ratios,
             "ratio_aug": statistics.median(ratios_aug), "ratios_aug": ratios_aug,
         })
     return {
@@ -161,6 +171,13 @@ def run(
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "python": platform.python_version(), "torch": torch.__version__,
     }
+
+
+def _quartiles(values: Sequence[float]) -> list[float]:
+    if len(values) < 2:
+        return [values[0], values[0]]
+    q = statistics.quantiles(values, n=4, method="inclusive")
+    return [q[0], q[2]]
 
 
 def breakdown(size: int, *, batches: int = 50, channels: int = 1, stored: int = 28) -> dict:
@@ -208,12 +225,16 @@ def _print_table(result: dict) -> None:
           f"{result['batches']} batches of {result['batch_size']}; device {result['device']}; "
           f"{result['cpus']} CPUs ({result['cpu']}); torch threads {result['torch_threads']} "
           f"for both loaders; load average {result['load_before']} -> {result['load_after']}")
-    print(f"{'size':>5} | {'seed loader':>12} | {'TensorLoader':>12} | {'ratio (min-max)':>19} | "
+    print(f"{'size':>5} | {'seed loader':>12} | {'TensorLoader':>12} | "
+          f"{'ratio (quartiles; min-max)':>32} | {'CPU-time ratio':>14} | "
           f"{'+norm+aug':>10} | {'ratio':>6}")
     for r in result["rows"]:
-        spread = f"{r['ratio']:.1f}x ({r['ratio_min']:.1f}-{r['ratio_max']:.1f})"
+        q1, q3 = r["ratio_quartiles"]
+        spread = (f"{r['ratio']:.1f}x ({q1:.1f}-{q3:.1f}; "
+                  f"{r['ratio_min']:.1f}-{r['ratio_max']:.1f})")
         print(f"{r['size']:>5} | {r['seed_img_s']:>12,.0f} | {r['ours_img_s']:>12,.0f} | "
-              f"{spread:>19} | {r['ours_aug_img_s']:>10,.0f} | {r['ratio_aug']:>5.1f}x")
+              f"{spread:>32} | {r['cpu_ratio']:>13.1f}x | {r['ours_aug_img_s']:>10,.0f} | "
+              f"{r['ratio_aug']:>5.1f}x")
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
@@ -221,8 +242,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true",
                         help="3 batches per measurement on synthetic data (for tests)")
-    parser.add_argument("--batches", type=int, default=None, help="batches per run (default 100)")
-    parser.add_argument("--repeats", type=int, default=None, help="runs per loader (default 5)")
+    parser.add_argument("--batches", type=int, default=None, help="batches per run (default 40)")
+    parser.add_argument("--repeats", type=int, default=None, help="runs per loader (default 15)")
     parser.add_argument("--sizes", type=int, nargs="+", default=[28, 224])
     parser.add_argument("--device", default="cpu", help="device of TensorLoader's batches")
     parser.add_argument("--threads", type=int, default=1,
@@ -236,8 +257,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
         parser.error(f"--threads must be >= 1, got {args.threads}")
     previous = torch.get_num_threads()
     torch.set_num_threads(args.threads)
-    batches = args.batches or (3 if args.quick else 100)
-    repeats = args.repeats or (1 if args.quick else 5)
+    batches = args.batches or (3 if args.quick else 40)
+    repeats = args.repeats or (1 if args.quick else 15)
     try:
         result = run(args.sizes, batches, repeats, torch.device(args.device),
                      args.synthetic or args.quick, threads=args.threads)

@@ -38,6 +38,11 @@ def test_data_pipeline_quick_runs(capsys):
         assert row["ratio"] == statistics.median(row["ratios"])
         assert row["ratio_min"] == min(row["ratios"]) <= row["ratio"] <= row["ratio_max"]
         assert row["ratio_max"] == max(row["ratios"])
+        q1, q3 = row["ratio_quartiles"]
+        assert row["ratio_min"] <= q1 <= row["ratio"] <= q3 <= row["ratio_max"]
+        # The same pairs timed in process CPU time (waiting for a core removed).
+        assert len(row["cpu_ratios"]) == 2 and all(r > 0 for r in row["cpu_ratios"])
+        assert row["cpu_ratio"] == statistics.median(row["cpu_ratios"])
     assert "seed loader" in out and "TensorLoader" in out
     assert json.loads(out.strip().splitlines()[-1]) == json.loads(json.dumps(result))
 
