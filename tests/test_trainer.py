@@ -543,6 +543,47 @@ def test_resume_with_another_seed_warns(tmp_path):
         make(tiny_cnn(), epochs=2, out_dir=tmp_path, seed=2).fit(batches(1), resume=True)
 
 
+class LRLog(Callback):
+    def __init__(self) -> None:
+        self.lrs: list[tuple[int, float]] = []
+
+    def on_batch_end(self, trainer: Trainer) -> None:
+        self.lrs.append((trainer.step, trainer.optimizer.param_groups[0]["lr"]))
+
+
+def test_resume_with_more_epochs_stretches_the_schedule(tmp_path, caplog):
+    # A finished 1-epoch run resumed to 2 epochs: the checkpoint's cosine had reached
+    # zero, so without stretching, epoch 2 would train at LR 0 without a word.
+    torch.manual_seed(0)
+    Trainer(tiny_cnn(), epochs=1, lr=0.1, out_dir=tmp_path, device="cpu", progress=False).fit(
+        batches(4)
+    )
+    torch.manual_seed(0)
+    lrs = LRLog()
+    trainer = Trainer(tiny_cnn(), epochs=2, lr=0.1, out_dir=tmp_path, device="cpu",
+                      progress=False, callbacks=[lrs])
+    with caplog.at_level(logging.WARNING, logger="transferkit.trainer"):
+        trainer.fit(batches(4), resume=True)
+        before = params(trainer.model)
+    fn = trainer.scheduler.lr_lambdas[0]
+    assert fn.total_steps == 8  # 2 epochs x 4 batches, was 4
+    assert [step for step, _ in lrs.lrs] == [5, 6, 7, 8]
+    expected = [0.1 * warmup_cosine(s, warmup_steps=fn.warmup_steps, total_steps=8)
+                for s in (5, 6, 7, 8)]
+    assert [lr for _, lr in lrs.lrs] == pytest.approx(expected)
+    assert lrs.lrs[0][1] > lrs.lrs[1][1] > lrs.lrs[2][1] > 0 == lrs.lrs[3][1]
+    assert "schedule ends at step 4, this run (epochs=2) at step 8" in caplog.text
+    # Resuming the finished 2-epoch run again changes nothing and says nothing.
+    caplog.clear()
+    torch.manual_seed(0)
+    again = Trainer(tiny_cnn(), epochs=2, lr=0.1, out_dir=tmp_path, device="cpu",
+                    progress=False)
+    with caplog.at_level(logging.WARNING, logger="transferkit.trainer"):
+        again.fit(batches(4), resume=True)
+    assert "schedule ends" not in caplog.text
+    assert all(torch.equal(a, b) for a, b in zip(params(again.model), before, strict=True))
+
+
 # ------------------------------------------------------------------ freezing integration
 def resnet(num_classes: int = 3) -> nn.Module:
     from torchvision.models import resnet18

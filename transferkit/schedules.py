@@ -11,7 +11,7 @@ import math
 
 import torch
 
-__all__ = ["WarmupCosine", "warmup_cosine", "warmup_cosine_scheduler"]
+__all__ = ["WarmupCosine", "stretch_schedule", "warmup_cosine", "warmup_cosine_scheduler"]
 
 
 def warmup_cosine(
@@ -63,3 +63,36 @@ def warmup_cosine_scheduler(
     schedule = WarmupCosine(warmup_steps=max(1, round(warmup * total_steps)),
                             total_steps=total_steps)
     return torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+
+
+def stretch_schedule(scheduler: object, total_steps: int) -> int | None:
+    """End a warm-up + cosine ``LambdaLR`` at ``total_steps``, keeping the steps taken.
+
+    A checkpoint carries its schedule's length, so a run resumed with more epochs would
+    otherwise train its extra epochs at the first run's final multiplier (zero). The
+    warm-up is not repeated; the cosine continues from the current step to the new end,
+    and the optimizer's LRs are set for the current step at once.
+
+    Args:
+        scheduler: Any scheduler; only a ``LambdaLR`` whose multipliers are all
+            :class:`WarmupCosine` is changed.
+        total_steps: The new length, in the scheduler's steps.
+
+    Returns:
+        The previous length if the schedule was changed, else ``None``.
+    """
+    fns = getattr(scheduler, "lr_lambdas", None)
+    if not isinstance(scheduler, torch.optim.lr_scheduler.LambdaLR) or not fns:
+        return None
+    if not all(isinstance(fn, WarmupCosine) for fn in fns):
+        return None
+    previous = fns[0].total_steps
+    if all(fn.total_steps == total_steps for fn in fns):
+        return None
+    step = scheduler.last_epoch
+    groups = scheduler.optimizer.param_groups
+    for fn, group, base in zip(fns, groups, scheduler.base_lrs, strict=True):
+        fn.total_steps = total_steps
+        group["lr"] = base * fn(step)
+    scheduler._last_lr = [group["lr"] for group in groups]  # what get_last_lr() returns
+    return previous

@@ -61,7 +61,12 @@ from transferkit.history import format_epoch, new_best, resolve_monitor, update_
 from transferkit.interrupts import sigint_requests_stop
 from transferkit.metrics import MetricSums
 from transferkit.optimizers import default_optimizer
-from transferkit.schedules import WarmupCosine, warmup_cosine, warmup_cosine_scheduler
+from transferkit.schedules import (
+    WarmupCosine,
+    stretch_schedule,
+    warmup_cosine,
+    warmup_cosine_scheduler,
+)
 from transferkit.trainer_state import CHECKPOINT_FORMAT, freeze_record, load_into, read_state
 
 # WarmupCosine, warmup_cosine, select_device and Precision live in schedules.py and
@@ -275,6 +280,7 @@ class Trainer:
                 )
         if resume:
             self._restore(resume)
+            self._fit_schedule_to(train_data, epochs)
 
         self.should_stop = self.interrupted = self._sigint = False
         try:
@@ -499,6 +505,21 @@ class Trainer:
 
     def _default_optimizer(self) -> torch.optim.Optimizer:
         return default_optimizer(self.model, self.lr, self.body_lr, weight_decay=self.weight_decay)
+
+    def _fit_schedule_to(self, data: Iterable[Any], epochs: int) -> None:
+        """After a resume, end a restored warm-up + cosine schedule at this run's last step."""
+        n = data_len(data)
+        if self.scheduler is None or n is None:
+            return
+        per_epoch = math.ceil(n / self.grad_accum) if self.scheduler_interval == "step" else 1
+        total = epochs * per_epoch
+        previous = stretch_schedule(self.scheduler, total)
+        if previous is not None and self.dist.is_main:
+            log.warning(
+                "resume: the checkpoint's LR schedule ends at step %d, this run (epochs=%d) "
+                "at step %d; the cosine now decays from step %d to %d",
+                previous, epochs, total, self.scheduler.last_epoch, total,
+            )
 
     def _setup_schedule(self, data: Iterable[Any], epochs: int) -> None:
         if not self._default_schedule or self.scheduler is not None:
