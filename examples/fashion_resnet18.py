@@ -17,6 +17,15 @@ what makes ``make demo`` fit in 10 minutes on 2 cores.
 
 Run ``python examples/fashion_resnet18.py --help`` for the options. Outputs in ``--out``:
 ``model.safetensors``, ``history.json``/``.csv``, ``report.md`` and PNG plots.
+
+``--compare`` answers "does transfer help, and which recipe?" with one measurement: four
+arms on the same split, image size, batch size, seed and ``--epochs`` -- ``scratch`` (the
+same backbone, ``--weights none``, every stage trains), ``linear_probe``, ``full`` (the
+default path above) and ``lp_ft`` -- each written to ``OUT/compare/<arm>/``, then one table
+printed and written to ``OUT/compare.md`` and ``OUT/compare.json``.
+
+``--resume`` continues recipe ``full`` from ``OUT/last.pt`` (same options, possibly a larger
+``--epochs``: the cosine schedule is then stretched to the new last epoch, said in one line).
 """
 
 from __future__ import annotations
@@ -27,6 +36,7 @@ import logging
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -35,6 +45,7 @@ from transferkit.cli.train import check_writable
 from transferkit.data import TensorLoader, fashion_mnist
 from transferkit.errors import TransferKitError, WeightsNotFoundError
 from transferkit.freezing import freeze
+from transferkit.recipes import PROBE_LR
 from transferkit.report import (
     confusion_matrix,
     plot_confusion,
@@ -47,6 +58,14 @@ from transferkit.stage_cache import cache_stage_inputs, split_at_stage
 
 log = logging.getLogger("fashion_resnet18")
 DEFAULT_BACKBONE, FALLBACK_BACKBONE = "resnet18", "efficientnet_lite0"
+WEIGHT_DECAY, WARMUP = 0.01, 0.1  # AdamW's weight decay; warm-up fraction of the steps
+# --compare: arm -> (weights override, recipe, --freeze-stages override), in table order.
+ARMS: dict[str, tuple[str | None, str, int | None]] = {
+    "scratch": ("none", "full", 0),  # random frozen stages would handicap it: all train
+    "linear_probe": (None, "linear_probe", None),
+    "full": (None, "full", None),
+    "lp_ft": (None, "lp_ft", None),
+}
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -57,15 +76,23 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         f"weights: {FALLBACK_BACKBONE})")
     p.add_argument("--weights", default="imagenet",
                    help="'imagenet', 'none' (train from scratch) or a weights file")
-    p.add_argument("--recipe", default="full",
+    p.add_argument("--recipe", default=None,
                    help="'full' (default: discriminative LRs, frozen stages cached) or any "
-                        f"recipe of transferkit.fine_tune: {', '.join(tk.list_recipes())}")
+                        f"recipe of transferkit.fine_tune: {', '.join(tk.list_recipes())}; "
+                        "not with --compare, which runs its own")
+    p.add_argument("--compare", action="store_true",
+                   help="train four arms with the same budget (--epochs, >= 2, and the "
+                        "other options): scratch (--weights none, every stage trains), "
+                        "linear_probe, full, lp_ft; into OUT/compare/<arm>/, with one table "
+                        "in OUT/compare.md and .json. Not with --recipe, --resume or "
+                        "--weights none")
     p.add_argument("--epochs", type=int, default=8 if gpu else 3)
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--image-size", type=int, default=64 if gpu else 32)
     p.add_argument("--lr", type=float, default=1e-2, help="head LR (body: lr / 10)")
     p.add_argument("--freeze-stages", type=int, default=0 if gpu else 3,
-                   help="recipe 'full': stages (stem first) kept frozen and cached")
+                   help="recipe 'full' (and the full arm of --compare; its scratch arm "
+                        "freezes none): stages (stem first) kept frozen and cached")
     p.add_argument("--val-size", type=int, default=5000,
                    help="training images held out for validation (model selection)")
     p.add_argument("--device", default="auto")
@@ -74,7 +101,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="use only N training and N // 5 test images (quick runs)")
     p.add_argument("--out", default="runs/fashion")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
+    p.add_argument("--resume", action="store_true",
+                   help="recipe 'full': continue from OUT/last.pt, with the same options "
+                        "(a larger --epochs stretches the schedule to the new end)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     args = p.parse_args(argv)
     for name in ("epochs", "batch_size", "image_size"):
@@ -82,9 +111,25 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
             p.error(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
     if args.freeze_stages < 0:
         p.error(f"--freeze-stages must be >= 0, got {args.freeze_stages}")
+    if args.compare:
+        if args.recipe is not None:
+            p.error("--compare runs its own recipes (scratch, linear_probe, full, lp_ft); "
+                    "drop --recipe")
+        if args.resume:
+            p.error("--compare cannot --resume: every arm trains afresh in OUT/compare/<arm>/")
+        if args.epochs < 2:
+            p.error(f"--compare needs --epochs >= 2 (lp_ft probes, then fine-tunes), "
+                    f"got {args.epochs}")
+        if args.weights == "none":
+            p.error("--compare compares pretrained weights with none (its scratch arm); "
+                    "drop --weights none")
+    args.recipe = args.recipe or "full"
     if args.recipe != "full" and args.recipe not in tk.list_recipes():
         known = ["full", *tk.list_recipes()]
         p.error(f"unknown recipe {args.recipe!r}.{tk.errors.closest(args.recipe, known)}")
+    if args.resume and args.recipe != "full":
+        p.error(f"--resume continues recipe 'full' only (transferkit.fine_tune starts "
+                f"afresh), not {args.recipe!r}")
     return args
 
 
@@ -124,7 +169,14 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as exc:
         print(f"fashion_resnet18: error: {exc}", file=sys.stderr)
         return 1
+    if args.resume and not (out / "last.pt").is_file():
+        print(f"fashion_resnet18: error: --resume: there is no checkpoint "
+              f"{str(out / 'last.pt')!r} to continue; run without --resume first.",
+              file=sys.stderr)
+        return 1
     try:
+        if args.compare:
+            return compare(args, out, notes)
         return run(args, out, notes, start)
     except TransferKitError as exc:
         print(f"fashion_resnet18: error: {exc}", file=sys.stderr)
@@ -134,6 +186,85 @@ def main(argv: list[str] | None = None) -> int:
 def run(args: argparse.Namespace, out: Path, notes: list[str], start: float) -> int:
     data = fashion_mnist(args.data_root)
     model, backbone, weights = build_model(args, notes)
+    result = train_and_report(args, data, model, backbone, weights, out, notes, start)
+    summary = {k: result[k] for k in ("backbone", "weights", "test_acc", "wall_s")}
+    print(f"test accuracy {result['test_acc']:.4f} ({backbone}, {weights} weights) in "
+          f"{result['wall_s']:.0f} s; report: {out / 'report.md'}")
+    print("RESULT " + json.dumps(summary))
+    return 0
+
+
+def compare(args: argparse.Namespace, out: Path, notes: list[str]) -> int:
+    """Train every arm of ``ARMS`` with the same budget; print and write one table."""
+    data = fashion_mnist(args.data_root)
+    # Resolve the backbone once (the fallback is said here, once): every arm uses it.
+    _, backbone, _ = build_model(args, notes)
+    rows = []
+    for i, (arm, (weights_arg, recipe, freeze_stages)) in enumerate(ARMS.items(), 1):
+        arm_args = argparse.Namespace(**{
+            **vars(args), "backbone": backbone, "recipe": recipe,
+            "weights": weights_arg or args.weights,
+            "freeze_stages": args.freeze_stages if freeze_stages is None else freeze_stages,
+        })
+        arm_out = check_writable(out / "compare" / arm)
+        log.info("compare: arm %d/%d, %s", i, len(ARMS), arm)
+        torch.manual_seed(args.seed)  # every arm's new head starts from the same draw
+        arm_start = time.perf_counter()
+        model, _, weights = build_model(arm_args, [])
+        result = train_and_report(arm_args, data, model, backbone, weights, arm_out, notes,
+                                  arm_start)
+        rows.append({"arm": arm, "backbone": backbone, "weights": weights, "recipe": recipe,
+                     "trains": result["trains"], "epochs": args.epochs,
+                     "val_acc": result["val_acc"], "test_acc": result["test_acc"],
+                     "wall_s": result["wall_s"]})
+    budget = {"epochs": args.epochs, "images": result["images"],
+              "image_size": args.image_size, "batch_size": args.batch_size,
+              "head_lr": args.lr, "body_lr": args.lr / 10, "weight_decay": WEIGHT_DECAY,
+              "warmup": WARMUP, "seed": args.seed, "device": result["device"]}
+    table = {"budget": budget, "notes": notes, "arms": rows}
+    markdown = compare_markdown(table)
+    (out / "compare.md").write_text(markdown)
+    (out / "compare.json").write_text(json.dumps(table, indent=1) + "\n")
+    print(markdown.split("\n\n", 1)[1].rstrip())
+    print(f"compare: {out / 'compare.md'}")
+    print("COMPARE " + json.dumps(table))
+    return 0
+
+
+def compare_markdown(table: dict[str, Any]) -> str:
+    """Return ``compare.md``: the shared budget, then one row per arm."""
+    b = table["budget"]
+    lines = [
+        "# FashionMNIST: does transfer help, and which recipe?",
+        "",
+        f"Shared budget: {b['epochs']} epochs per arm on the same train/val/test images "
+        f"({b['images']}), {b['image_size']} px, batch {b['batch_size']}, seed {b['seed']}, "
+        f"AdamW with head LR {b['head_lr']:g} and body LR {b['body_lr']:g} (lp_ft's probe "
+        f"phase: head LR {PROBE_LR:g}), weight decay {b['weight_decay']:g}, "
+        f"{b['warmup']:.0%} warm-up then cosine, on {b['device']}. val acc: the last epoch's; "
+        "wall s: one "
+        "arm from building its model to its report (data loading excluded), one run, not a "
+        "benchmark.",
+        *(f"Note: {note}" for note in table["notes"]),
+        "",
+        "| arm | backbone | weights | recipe | trains | epochs | val acc | test acc | wall s |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    lines += [f"| {r['arm']} | {r['backbone']} | {r['weights']} | {r['recipe']} | "
+              f"{r['trains']} | {r['epochs']} | {r['val_acc']:.4f} | {r['test_acc']:.4f} | "
+              f"{r['wall_s']:.1f} |" for r in table["arms"]]
+    return "\n".join(lines) + "\n"
+
+
+def train_and_report(args: argparse.Namespace, data: Any, model: torch.nn.Module,
+                     backbone: str, weights: str, out: Path, notes: list[str],
+                     start: float) -> dict[str, Any]:
+    """Train ``model`` with ``args.recipe``, test it, write the run's files to ``out``.
+
+    Returns:
+        backbone, weights, test_acc, val_acc (last epoch), wall_s (since ``start``),
+        trains (what trained, in words), images (train/val/test counts) and device.
+    """
     info = tk.get_info(model)
     device = tk.trainer.select_device(args.device)
     gen = torch.Generator().manual_seed(args.seed)
@@ -154,20 +285,31 @@ def run(args: argparse.Namespace, out: Path, notes: list[str], start: float) -> 
     train = loader(data.train_images[train_idx], data.train_labels[train_idx], shuffle=True)
     val = loader(data.train_images[val_idx], data.train_labels[val_idx], shuffle=False)
     test = loader(test_x, test_y, shuffle=False)
+    images = f"{len(train_idx)}/{n_val}/{n_test}"
     facts = {"backbone": backbone, "weights": weights, "recipe": args.recipe,
              "epochs": args.epochs, "batch size": args.batch_size,
              "image size": args.image_size, "head lr": args.lr, "body lr": args.lr / 10,
-             "device": str(device), "train/val/test images": f"{len(train_idx)}/{n_val}/{n_test}",
-             "seed": args.seed}
+             "device": str(device), "train/val/test images": images, "seed": args.seed}
 
     if args.recipe == "full":
         model.to(device)
         trainer, evaluate_on = train_full(args, model, train, val, test, facts, out, device)
         history = trainer.history
+        trains = facts.pop("trains", "everything")
     else:
+        # The optimizer settings of train_full: only the recipe differs.
+        fast = device.type == "cpu"  # channels-last: several times faster convs on a CPU
+        if fast:
+            model.to(memory_format=torch.channels_last)
         result = tk.fine_tune(model, train, val, recipe=args.recipe, epochs=args.epochs,
-                              lr=args.lr, out_dir=out, device=device, seed=args.seed)
+                              lr=args.lr, body_lr=args.lr / 10, weight_decay=WEIGHT_DECAY,
+                              warmup=WARMUP, channels_last=fast, out_dir=out, device=device,
+                              seed=args.seed)
         trainer, history, evaluate_on = result.trainer, result.history, test
+        probe = sum(r["phase"] == "probe" for r in history)
+        trains = {"linear_probe": "the head (cached features)",
+                  "lp_ft": f"the head ({probe} ep), then everything"}.get(args.recipe,
+                                                                          args.recipe)
     probs = trainer.predict(evaluate_on)
     preds = probs.argmax(1).cpu()
     test_acc = (preds == test_y).float().mean().item()
@@ -176,7 +318,7 @@ def run(args: argparse.Namespace, out: Path, notes: list[str], start: float) -> 
                   extra={"weights": weights, "recipe": args.recipe, "test_acc": test_acc})
     confusion = confusion_matrix(preds, test_y, 10)
     wrong = (preds != test_y).nonzero().flatten()[:25]
-    images = {
+    plots = {
         "training curves": plot_history(history, out / "curves.png"),
         "confusion matrix": plot_confusion(confusion, data.classes, out / "confusion.png"),
         "misclassified test images": plot_misclassified(
@@ -188,19 +330,16 @@ def run(args: argparse.Namespace, out: Path, notes: list[str], start: float) -> 
     write_report(out / "report.md", title=f"FashionMNIST: {backbone} fine-tuned", facts=facts,
                  history=history, test={"test_acc": test_acc}, notes=notes,
                  confusion=confusion, class_names=data.classes,
-                 images={k: str(v) for k, v in images.items() if v is not None})
-    summary = {"backbone": backbone, "weights": weights, "test_acc": round(test_acc, 4),
-               "wall_s": round(wall, 1)}
-    print(f"test accuracy {test_acc:.4f} ({backbone}, {weights} weights) in {wall:.0f} s; "
-          f"report: {out / 'report.md'}")
-    print("RESULT " + json.dumps(summary))
-    return 0
+                 images={k: str(v) for k, v in plots.items() if v is not None})
+    return {"backbone": backbone, "weights": weights, "test_acc": round(test_acc, 4),
+            "val_acc": round(history[-1]["val_acc"], 4), "wall_s": round(wall, 1),
+            "trains": trains, "images": images, "device": str(device)}
 
 
 def train_full(args, model, train, val, test, facts, out, device):
     """Full fine-tuning with discriminative LRs; frozen early stages computed once."""
-    stages = len(tk.get_info(model).stages)
-    k = min(args.freeze_stages, stages - 1)
+    stages = tk.get_info(model).stages
+    k = min(args.freeze_stages, len(stages) - 1)
     net, data = model, (train, val, test)
     if k > 0:
         freeze(model, f"stages:{k - 1}")  # the stem and k - 1 stages after it
@@ -210,11 +349,13 @@ def train_full(args, model, train, val, test, facts, out, device):
             *cache_stage_inputs(prefix, model, loader), batch_size=args.batch_size,
             shuffle=loader.shuffle, seed=args.seed) for loader in (train, val, test))
         facts["frozen and cached"] = f"stem + {k - 1} stages (input of stage {k}: " \
-                                     f"{tk.get_info(model).stages[k].name})"
-    groups = tk.param_groups(model, head_lr=args.lr, body_lr=args.lr / 10, weight_decay=0.01)
+                                     f"{stages[k].name})"
+        facts["trains"] = f"{stages[k].name} onwards + head"
+    groups = tk.param_groups(model, head_lr=args.lr, body_lr=args.lr / 10,
+                             weight_decay=WEIGHT_DECAY)
     optimizer = torch.optim.AdamW(groups)
-    scheduler = warmup_cosine_scheduler(optimizer, total_steps=args.epochs * len(data[0]),
-                                        warmup=0.1)
+    total_steps = args.epochs * len(data[0])
+    scheduler = warmup_cosine_scheduler(optimizer, total_steps=total_steps, warmup=WARMUP)
     trainer = tk.Trainer(net, epochs=args.epochs, optimizer=optimizer, scheduler=scheduler,
                          device=device, channels_last=device.type == "cpu",
                          monitor="val_acc", out_dir=out, seed=args.seed)

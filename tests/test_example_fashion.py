@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
+from types import ModuleType
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "examples" / "fashion_resnet18.py"
@@ -27,12 +31,31 @@ def _run(*args: str, cache: Path | None = None) -> subprocess.CompletedProcess:
                           text=True, timeout=600, env=full_env, cwd=ROOT)
 
 
-@needs_data
-def test_subset_run_falls_back_and_writes_everything(tmp_path: Path) -> None:
-    out = tmp_path / "run"
-    proc = _run("--subset", "600", "--epochs", "1", "--out", str(out), "--threads", "1",
-                cache=tmp_path / "cache")
+def _example() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("fashion_resnet18", EXAMPLE)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+SUBSET_RUN = ("--subset", "600", "--threads", "1")
+
+
+@pytest.fixture(scope="module")
+def subset_run(tmp_path_factory) -> tuple[Path, Path, subprocess.CompletedProcess]:
+    """One --epochs 1 run, shared by the tests that read it (copy it before changing it)."""
+    if not HAS_DATA:
+        pytest.skip("dataset-fashion-mnist not installed")
+    root = tmp_path_factory.mktemp("subset")
+    out = root / "run"
+    proc = _run(*SUBSET_RUN, "--epochs", "1", "--out", str(out), cache=root / "cache")
     assert proc.returncode == 0, proc.stderr[-2000:]
+    return out, root / "cache", proc
+
+
+@needs_data
+def test_subset_run_falls_back_and_writes_everything(subset_run) -> None:
+    out, _, proc = subset_run
     # ResNet18's weights are not reachable: one clear line, and the fallback is recorded.
     assert "resnet18 ImageNet weights are not available" in proc.stderr
     result = json.loads(proc.stdout.strip().splitlines()[-1].removeprefix("RESULT "))
@@ -88,3 +111,90 @@ def test_from_scratch_resnet18_trains_on_cached_stage_inputs(tmp_path: Path) -> 
     result = json.loads(proc.stdout.strip().splitlines()[-1].removeprefix("RESULT "))
     assert result["backbone"] == "resnet18" and result["weights"] == "none (from scratch)"
     assert "not available" not in proc.stderr
+
+
+@needs_data
+def test_resume_continues_the_first_run(subset_run, tmp_path: Path) -> None:
+    first, cache, _ = subset_run
+    out = tmp_path / "run"
+    shutil.copytree(first, out)
+    proc = _run(*SUBSET_RUN, "--epochs", "2", "--resume", "--out", str(out), cache=cache)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "resumed from" in proc.stderr and "at epoch 2" in proc.stderr
+    # The first run's schedule had ended at LR 0: stretched to the new end, said once.
+    assert proc.stderr.count("the cosine now decays from step") == 1
+    before = json.loads((first / "history.json").read_text())
+    history = json.loads((out / "history.json").read_text())
+    assert [r["epoch"] for r in history] == [1, 2]
+    assert history[0] == before[0]  # restored from the checkpoint, equal values
+    assert 0.0 <= history[1]["val_acc"] <= 1.0
+    import transferkit as tk
+
+    trained, _ = tk.load_model(first / "model.safetensors")
+    resumed, _ = tk.load_model(out / "model.safetensors")
+    head = tk.get_info(trained).heads[0]
+    a, b = (m.get_submodule(head).weight for m in (trained, resumed))
+    assert not torch.equal(a, b)  # epoch 2 trained the head (a zero LR would not)
+
+
+def test_resume_without_a_checkpoint_is_one_line(tmp_path: Path) -> None:
+    proc = _run("--resume", "--subset", "100", "--out", str(tmp_path / "empty"))
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().count("\n") == 0
+    assert "--resume: there is no checkpoint" in proc.stderr and "last.pt" in proc.stderr
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--compare", "--resume"], "--compare cannot --resume"),
+    (["--compare", "--recipe", "full"], "drop --recipe"),
+    (["--compare", "--epochs", "1"], "--compare needs --epochs >= 2"),
+    (["--compare", "--weights", "none"], "drop --weights none"),
+    (["--resume", "--recipe", "lp_ft"], "--resume continues recipe 'full' only"),
+])
+def test_compare_and_resume_usage_errors(argv: list[str], message: str, capsys) -> None:
+    with pytest.raises(SystemExit) as exc:
+        _example().parse_args(argv)
+    assert exc.value.code == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]  # the error is one line
+    assert "error: " in last and message in last
+
+
+ARMS = ["scratch", "linear_probe", "full", "lp_ft"]
+
+
+@needs_data
+def test_compare_trains_four_arms_with_one_budget(tmp_path: Path) -> None:
+    out = tmp_path / "cmp"
+    proc = _run("--compare", "--subset", "200", "--epochs", "2", "--out", str(out),
+                "--threads", "1", cache=tmp_path / "cache")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    # The fallback is resolved once, and every arm uses it.
+    assert proc.stderr.count("resnet18 ImageNet weights are not available") == 1
+    last = proc.stdout.strip().splitlines()[-1]
+    assert last.startswith("COMPARE ")
+    table = json.loads(last.removeprefix("COMPARE "))
+    assert table == json.loads((out / "compare.json").read_text())
+    assert table["budget"]["epochs"] == 2 and table["budget"]["images"] == "160/40/40"
+    rows = table["arms"]
+    assert [r["arm"] for r in rows] == ARMS
+    assert [r["recipe"] for r in rows] == ["full", "linear_probe", "full", "lp_ft"]
+    assert [r["weights"] for r in rows] == ["none (from scratch)"] + ["ImageNet"] * 3
+    assert {r["backbone"] for r in rows} == {"efficientnet_lite0"}
+    assert {r["epochs"] for r in rows} == {2}
+    # Scratch trains every stage; full keeps the CPU default's frozen, cached stages.
+    assert rows[0]["trains"] == "everything" and rows[2]["trains"].endswith("onwards + head")
+    markdown = (out / "compare.md").read_text()
+    assert "Shared budget: 2 epochs per arm" in markdown and "using efficientnet_lite0" in markdown
+    for row in rows:
+        assert 0.0 <= row["val_acc"] <= 1.0 and 0.0 <= row["test_acc"] <= 1.0
+        assert row["wall_s"] > 0
+        assert f"| {row['arm']} | efficientnet_lite0 | {row['weights']} |" in markdown
+        assert f"| {row['val_acc']:.4f} | {row['test_acc']:.4f} |" in markdown
+        assert f"| {row['arm']} |" in proc.stdout  # the table is printed too
+        arm = out / "compare" / row["arm"]
+        assert (arm / "report.md").is_file() and (arm / "model.safetensors").is_file()
+        history = json.loads((arm / "history.json").read_text())
+        assert len(history) == 2 and history[-1]["val_acc"] == pytest.approx(row["val_acc"],
+                                                                             abs=5e-5)
+    phases = json.loads((out / "compare" / "lp_ft" / "history.json").read_text())
+    assert [r["phase"] for r in phases] == ["probe", "finetune"]
