@@ -144,3 +144,111 @@ def test_eval_mode_keeps_the_model_in_eval(model):
     x = torch.randn(2, 1, 16, 16)
     model.eval()
     assert torch.equal(wrapped(x), model(x))
+
+
+# Speed options of the extraction (channels-last, batch size): same features, model untouched.
+
+def _state(model: torch.nn.Module) -> dict:
+    """Everything extraction must leave as it was: tensors (storage, strides), flags, modes."""
+    tensors = {name: (t.data_ptr(), t.stride(), t.dtype, t.requires_grad, type(t))
+               for name, t in [*model.named_parameters(), *model.named_buffers()]}
+    values = {name: t.detach().clone() for name, t in model.state_dict().items()}
+    modes = {name: m.training for name, m in model.named_modules()}
+    return {"tensors": tensors, "values": values, "modes": modes}
+
+
+@pytest.mark.parametrize("name", ["resnet18", "efficientnet_lite0"])
+def test_fast_extraction_gives_the_plain_features(name):
+    torch.manual_seed(0)
+    model = tk.create(name, 3, in_chans=1, pretrained=False)
+    loader = _loader()
+    # The plain way: channels-first, the loader's batches.
+    plain, plain_labels = extract_features(model, loader, channels_last=False, batch_size=8)
+    fast, labels = extract_features(model, loader)  # CPU default: channels-last, auto batch
+    assert torch.equal(labels, plain_labels) and fast.shape == plain.shape
+    # Float rounding only: oneDNN sums in another order in the channels-last layout.
+    assert torch.allclose(fast, plain, rtol=1e-4, atol=1e-5)
+    model.eval()
+    with torch.no_grad():  # and they are still the head's inputs
+        x = torch.cat([xb for xb, _ in plain_loader(loader)])
+        ref = model(x)
+    head = dict(model.named_modules())[tk.get_info(model).heads[0]]
+    with torch.no_grad():
+        assert torch.allclose(head(fast), ref, rtol=1e-4, atol=1e-5)
+
+
+def test_fast_extraction_leaves_the_model_exactly_as_it_was(model):
+    model.train()
+    model.bn1.eval()  # a mixed state: extraction must not reset it to model.training
+    for p in model.layer1.parameters():
+        p.requires_grad_(False)
+    before = _state(model)
+    assert not model.layer1[0].conv1.weight.is_contiguous(memory_format=torch.channels_last)
+    extract_features(model, _loader(), channels_last=True)
+    after = _state(model)
+    assert after["tensors"] == before["tensors"]  # same storages, strides, requires_grad
+    assert after["modes"] == before["modes"]
+    assert all(torch.equal(after["values"][k], v) for k, v in before["values"].items())
+    assert not model.fc._forward_pre_hooks and not model.conv1._forward_hooks
+
+
+def _conv_layouts(model, **kwargs) -> list[bool]:
+    seen: list[bool] = []
+    handle = model.layer1[0].conv1.register_forward_pre_hook(
+        lambda _m, args: seen.append(args[0].is_contiguous(memory_format=torch.channels_last)))
+    try:
+        extract_features(model, _loader(), **kwargs)
+    finally:
+        handle.remove()
+    return seen
+
+
+def test_channels_last_is_the_cpu_default_for_conv_models(model):
+    assert set(_conv_layouts(model)) == {True}
+    assert set(_conv_layouts(model, channels_last=False)) == {False}
+    assert set(_conv_layouts(model, channels_last=True)) == {True}
+
+
+def _batch_sizes(model, data, **kwargs) -> list[int]:
+    sizes: list[int] = []
+    handle = model.fc.register_forward_pre_hook(lambda _m, args: sizes.append(args[0].shape[0]))
+    try:
+        _, labels = extract_features(model, data, **kwargs)
+    finally:
+        handle.remove()
+    assert sum(sizes) == len(labels)
+    return sizes
+
+
+def test_extraction_batch_size(model):
+    loader = _loader()  # 20 samples of 16 x 16, batches of 8
+    assert _batch_sizes(model, loader) == [20]  # auto: 256 at 16 px, clamped by N
+    assert _batch_sizes(model, loader, batch_size=6) == [6, 6, 6, 2]
+    assert loader.batch_size == 8  # the caller's loader is not changed
+    batches = [(torch.randn(10, 1, 16, 16), torch.arange(10) % 3),
+               (torch.randn(3, 1, 16, 16), torch.arange(3))]
+    assert _batch_sizes(model, batches, batch_size=4) == [4, 4, 2, 3]  # split, never merged
+    assert _batch_sizes(model, batches) == [10, 3]
+    feats, labels = extract_features(model, batches, batch_size=4)
+    whole, whole_labels = extract_features(model, batches, batch_size=16)
+    assert torch.equal(labels, whole_labels)
+    assert torch.allclose(feats, whole, rtol=1e-4, atol=1e-5)
+
+
+def test_extraction_batch_size_rule():
+    from transferkit.features import EXTRACT_BATCH, EXTRACT_PIXELS, extraction_batch_size
+
+    assert extraction_batch_size(32, 32) == 256 == EXTRACT_BATCH[1]
+    assert extraction_batch_size(64, 64) == EXTRACT_PIXELS // 4096 == 64
+    assert extraction_batch_size(224, 224) == 8 == EXTRACT_BATCH[0]
+    with pytest.raises(DataError, match="no pixels"):
+        extraction_batch_size(0, 32)
+
+
+def test_extraction_options_are_checked(model):
+    data = [(torch.randn(2, 1, 16, 16), torch.tensor([0, 1]))]
+    for bad in (0, -1, 2.5, True):
+        with pytest.raises(tk.ConfigError, match="batch_size"):
+            extract_features(model, data, batch_size=bad)
+    with pytest.raises(tk.ConfigError, match="channels_last"):
+        extract_features(model, data, channels_last="yes")

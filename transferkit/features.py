@@ -30,6 +30,7 @@ __all__ = [
     "HeadOnFeatures",
     "batch_size_of",
     "extract_features",
+    "extraction_batch_size",
     "head_inputs",
     "loader_like",
     "plain_loader",
@@ -55,19 +56,108 @@ def plain_loader(data: Iterable[Any]) -> Iterable[Any]:
     return clone
 
 
+#: Pixels (``batch * height * width`` of the model input) per extraction batch on the CPU.
+EXTRACT_PIXELS = 2**18
+#: Smallest and largest automatic extraction batch on the CPU.
+EXTRACT_BATCH = (8, 256)
+
+
+def extraction_batch_size(height: int, width: int) -> int:
+    """Return the automatic CPU extraction batch for ``height x width`` inputs.
+
+    ``EXTRACT_PIXELS // (height * width)`` clamped to ``EXTRACT_BATCH``: 256 at 32 px, 8
+    at 224 px. Small images gain from large batches (less overhead per sample), large
+    ones from small batches (the activations stay in the caches); measured with
+    ``python benchmarks/linear_probe.py --extraction --size {32,224}``.
+    """
+    if height < 1 or width < 1:
+        raise DataError(f"inputs of {height}x{width} px have no pixels.")
+    low, high = EXTRACT_BATCH
+    return max(low, min(high, EXTRACT_PIXELS // (height * width)))
+
+
+def _is_conv_model(model: nn.Module) -> bool:
+    """Return whether 4-D (convolution) weights hold most of ``model``'s parameters."""
+    total = conv = 0
+    for p in model.parameters():
+        total += p.numel()
+        conv += p.numel() if p.dim() == 4 else 0
+    return total > 0 and 2 * conv >= total
+
+
+def _channels_last_params(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Return channels-last copies of ``model``'s 4-D parameters and buffers, by name.
+
+    ``Tensor.to(memory_format=...)`` as ``Module.to`` does it: ``contiguous`` would keep
+    the strides of ``[C, 1, k, k]`` and ``[C, C', 1, 1]`` weights, which oneDNN then reads
+    as channels-first, and the convolutions would not switch layout.
+    """
+    named = list(model.named_parameters()) + list(model.named_buffers())
+    return {name: t.detach().to(memory_format=torch.channels_last)
+            for name, t in named if t.dim() == 4}
+
+
+def _batches(data: Iterable[Any], batch_size: int | None, *, auto: bool) -> Iterator[Any]:
+    """Yield the batches of ``plain_loader(data)``, at most ``batch_size`` samples each.
+
+    A ``TensorLoader`` is read in batches of that size; any other loader's larger batches
+    are split (smaller ones are passed as they are). ``auto``: the size is
+    :func:`extraction_batch_size` of the inputs' height and width. Neither: the loader's.
+    """
+    source = plain_loader(data)
+    if isinstance(source, TensorLoader) and (auto or batch_size is not None):
+        if batch_size is None:
+            size = source._size if source._size is not None else source._images.shape[-2:]
+            batch_size = extraction_batch_size(int(size[0]), int(size[1]))
+        source.batch_size = batch_size  # a copy (plain_loader), not the caller's loader
+        yield from source
+        return
+    for batch in source:
+        if not isinstance(batch, (tuple, list)) or len(batch) < 2:
+            yield batch  # head_inputs says what is wrong with it
+            continue
+        x, n = batch[0], batch_size
+        if n is None and auto and isinstance(x, torch.Tensor) and x.dim() == 4:
+            n = extraction_batch_size(int(x.shape[-2]), int(x.shape[-1]))
+        if n is None or not isinstance(x, torch.Tensor) or x.shape[0] <= n:
+            yield batch
+            continue
+        y = torch.as_tensor(batch[1])
+        for start in range(0, x.shape[0], n):
+            yield x[start : start + n], y[start : start + n]
+
+
 def head_inputs(
-    model: nn.Module, data: Iterable[Any], *, device: torch.device | None = None
+    model: nn.Module,
+    data: Iterable[Any],
+    *,
+    device: torch.device | None = None,
+    channels_last: bool | None = None,
+    batch_size: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Return the head's inputs ``[N, *S]`` (CPU, float32) and the labels ``[N]``, unflattened.
 
     As :func:`extract_features`, but each sample keeps its shape ``S`` (``(D,)`` for a
     linear head), as :class:`HeadOnFeatures` needs it; ``device=None``: the model's.
+    ``channels_last`` and ``batch_size``: see :func:`extract_features`.
     """
+    if batch_size is not None and (
+        isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1
+    ):
+        raise ConfigError(f"batch_size={batch_size!r} must be a positive int or None, e.g. 64.")
+    if channels_last is not None and not isinstance(channels_last, bool):
+        raise ConfigError(f"channels_last={channels_last!r} must be True, False or None.")
     inner = unwrap(model)
     info = get_info(inner)
     head = dict(inner.named_modules())[info.heads[0]]
     if device is None:
         device = next(inner.parameters()).device
+    on_cpu = torch.device(device).type == "cpu"
+    if channels_last is None:
+        channels_last = on_cpu and _is_conv_model(inner)
+    # The user's model is never changed: channels-last copies of its 4-D weights are
+    # swapped in for each call only (torch.func.functional_call restores the originals).
+    weights = _channels_last_params(inner) if channels_last else {}
     captured: list[torch.Tensor] = []
 
     def hook(_module: nn.Module, args: tuple[Any, ...]) -> None:
@@ -75,51 +165,76 @@ def head_inputs(
 
     feats, labels = [], []
     handle = head.register_forward_pre_hook(hook)
-    was_training = inner.training
+    modes = {m: m.training for m in inner.modules()}
     inner.eval()
     try:
         # no_grad, not inference_mode: inference tensors could not be saved for backward
-        # when the head later trains on them.
+        # when the head later trains on them (and inference_mode measured no faster here).
         with torch.no_grad():
-            for batch in plain_loader(data):
+            for batch in _batches(data, batch_size, auto=on_cpu):
                 if not isinstance(batch, (tuple, list)) or len(batch) < 2:
                     raise DataError(
                         f"extract_features needs (inputs, targets) batches, got a "
                         f"{type(batch).__name__}; e.g. a DataLoader over (image, label) pairs."
                     )
                 x, y = batch[0], batch[1]
+                x = x.to(device)
                 captured.clear()
-                inner(x.to(device))
+                if weights:
+                    if x.dim() == 4:
+                        x = x.contiguous(memory_format=torch.channels_last)
+                    torch.func.functional_call(inner, weights, (x,))
+                else:
+                    inner(x)
                 if len(captured) != 1:
                     raise DataError(
                         f"the head {info.heads[0]!r} ran {len(captured)} times in one forward "
                         "pass; cached features need a model that calls its head exactly once."
                     )
-                feats.append(captured[0])
+                feats.append(captured[0].contiguous())
                 labels.append(torch.as_tensor(y).reshape(-1).cpu().long())
     finally:
         handle.remove()
-        inner.train(was_training)
+        for module, mode in modes.items():  # every module's own mode, not just the root's
+            module.training = mode
     if not feats:
         raise DataError("extract_features got no batches; pass a non-empty loader.")
     return torch.cat(feats), torch.cat(labels)
 
 
 def extract_features(
-    model: nn.Module, data: Iterable[Any], *, device: torch.device | str | None = None
+    model: nn.Module,
+    data: Iterable[Any],
+    *,
+    device: torch.device | str | None = None,
+    channels_last: bool | None = None,
+    batch_size: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Run ``model`` once over ``data`` and return the inputs of its head, with the labels.
 
-    The model runs in eval mode (restored afterwards) under ``torch.no_grad()``; a forward
-    pre-hook on the head (``get_info(model).heads[0]``) records what the head receives.
-    A :class:`~transferkit.pipeline.TensorLoader` is read through a copy without
-    augmentation and without shuffling (see :func:`plain_loader`); any other iterable is
-    read as given, so pass one that does not augment.
+    The model runs in eval mode (every module's mode is restored afterwards) under
+    ``torch.no_grad()``; a forward pre-hook on the head (``get_info(model).heads[0]``)
+    records what the head receives. A :class:`~transferkit.pipeline.TensorLoader` is read
+    through a copy without augmentation and without shuffling (see :func:`plain_loader`);
+    any other iterable is read as given, so pass one that does not augment.
+
+    On the CPU, by default, a convolutional model runs in the channels-last memory format
+    and in batches of :func:`extraction_batch_size` samples, which is faster
+    (``python benchmarks/linear_probe.py --extraction``, see docs/benchmarks.md). The
+    features equal those of a plain ``model(x)`` up to float rounding (about 1e-5), and
+    ``model`` itself is left exactly as it was: its parameters keep their memory format
+    (channels-last copies are passed to ``torch.func.functional_call``), every module its
+    mode, every parameter its ``requires_grad``.
 
     Args:
         model: An adapted model (``transferkit.create`` or ``adapt``).
         data: Batches of ``(inputs, targets)``.
         device: Where the model runs; default: the device of its parameters.
+        channels_last: Run the model in the channels-last memory format; default: on the
+            CPU when 4-D (convolution) weights hold most of its parameters.
+        batch_size: Samples per forward pass (a ``TensorLoader`` is read in batches of
+            this size, larger batches of other loaders are split); default on the CPU:
+            :func:`extraction_batch_size` of the input size, elsewhere the loader's.
 
     Returns:
         ``(features, labels)``: float32 ``[N, D]`` (each sample's head input flattened) and
@@ -127,6 +242,7 @@ def extract_features(
 
     Raises:
         DataError: ``data`` is empty or not made of ``(inputs, targets)`` batches.
+        ConfigError: ``batch_size`` is not a positive int, or ``channels_last`` not a bool.
 
     Example:
         >>> import torch, transferkit
@@ -137,7 +253,8 @@ def extract_features(
         ((4, 512), [0, 1, 2, 0])
     """
     dev = torch.device(device) if device is not None else None
-    feats, labels = head_inputs(model, data, device=dev)
+    feats, labels = head_inputs(model, data, device=dev, channels_last=channels_last,
+                                batch_size=batch_size)
     return feats.flatten(1), labels
 
 
