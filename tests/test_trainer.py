@@ -620,6 +620,17 @@ def test_freeze_policy_trains_only_the_head_and_is_checkpointed(tmp_path):
     ]
 
 
+def test_freeze_policy_keeps_the_models_batchnorm_mode(tmp_path):
+    freezing = pytest.importorskip("transferkit.freezing")
+    model = resnet()
+    freezing.freeze(model, "none", bn="frozen")
+    stats = {n: b.clone() for n, b in model.named_buffers() if "running" in n}
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    make(model, epochs=1, optimizer=opt, freeze="body").fit(rgb_batches())
+    assert freezing.freeze_state(model)["bn"] == "frozen"  # was reset to "train" before
+    assert all(torch.equal(stats[n], b) for n, b in model.named_buffers() if "running" in n)
+
+
 def test_gradual_unfreezing_resumes_exactly(tmp_path):
     pytest.importorskip("transferkit.freezing")
 

@@ -281,6 +281,7 @@ def fine_tune(
     seed: int = 0,
     progress: bool | None = None,
     cache_features: bool = True,
+    bn: str | None = None,
     **trainer_kwargs: Any,
 ) -> FineTuneResult:
     """Fine-tune ``model`` on ``train`` with a named recipe; return the model and history.
@@ -312,6 +313,12 @@ def fine_tune(
         progress: Show progress bars.
         cache_features: Train linear probes on features cached once (``False``: run the
             frozen body, in eval mode, every epoch; the same result, more slowly).
+        bn: BatchNorm while the body trains: ``"train"`` (batch statistics, running
+            averages updated) or ``"frozen"`` (eval behaviour: the pretrained running
+            statistics, not updated); default ``"frozen"`` for ``lp_ft`` (its probe was fit
+            on eval-mode features, which batch statistics would shift) and ``"train"``
+            otherwise. The returned model keeps it (``freeze_state(model)["bn"]``;
+            ``transferkit.unfreeze(model)`` resets it).
         **trainer_kwargs: Other :class:`~transferkit.trainer.Trainer` arguments
             (``weight_decay``, ``warmup``, ``grad_clip``, ``loss_fn``, ``monitor``...).
 
@@ -351,6 +358,9 @@ def fine_tune(
     elif probe_epochs is not None:
         raise ConfigError(f"probe_epochs={probe_epochs!r} applies to recipe 'lp_ft' only, "
                           f"not {spec.name!r}; remove it.")
+    if bn is not None and bn not in ("train", "frozen"):
+        raise ConfigError(f"bn={bn!r}; use 'train', 'frozen' or None (the recipe's default).")
+    bn_ = bn if bn is not None else ("frozen" if spec.name == "lp_ft" else "train")
     _check_trainer_kwargs(trainer_kwargs)
     if spec.name == "linear_probe" and alpha > 0:
         warnings.warn(f"l2sp={alpha} has no effect with recipe 'linear_probe': the body is "
@@ -381,6 +391,9 @@ def fine_tune(
         if spec.name != "linear_probe":
             head = lr_ if lr_ is not None else spec.lr
             body = body_lr_ if body_lr_ is not None else (spec.body_lr or head * 0.1)
+            # Set before the Trainer, which keeps this BatchNorm mode under its own
+            # freezing policy (every fine-tuning phase applies one).
+            freeze(model, "none", bn=bn_)
             trainer = _finetune(model, train, val, recipe=spec.name, epochs=epochs - n_probe,
                                 lr=head, body_lr=body, l2sp=alpha, common=common,
                                 kw=trainer_kwargs, phase_dir=phase_dir("finetune"))

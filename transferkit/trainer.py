@@ -102,7 +102,8 @@ class Trainer:
         monitor: History key that decides the best epoch; default ``"val_loss"``
             (``"train_loss"`` without validation data). Keys with ``acc``/``top`` are maximised.
         patience: Stop after this many epochs without improvement (``None``: never).
-        freeze: A freezing policy applied at the start of ``fit`` (see ``transferkit.freezing``).
+        freeze: A freezing policy applied at the start of ``fit`` (see ``transferkit.freezing``);
+            the model's BatchNorm mode (``bn`` of ``freeze_state(model)``) is kept.
         unfreeze_every: Gradual unfreezing: one more stage every this many epochs.
         callbacks: :class:`~transferkit.callbacks.Callback` instances.
         out_dir: Folder for ``last.pt``, ``best.pt``, ``history.json`` and ``history.csv``.
@@ -261,13 +262,16 @@ class Trainer:
         self._check_monitor(val is not None)
         self._setup_schedule(train_data, epochs)
         if self.freeze_policy is not None:
-            from transferkit.freezing import freeze
+            from transferkit.freezing import freeze, freeze_state
 
-            freeze(self.model, self.freeze_policy)
+            # Keep the BatchNorm mode the model has (freeze(..., bn="frozen") before fit).
+            freeze(self.model, self.freeze_policy, bn=freeze_state(self.model)["bn"])
         if self.unfreeze_every is not None and self._unfreezer is None:
-            from transferkit.freezing import GradualUnfreezing
+            from transferkit.freezing import GradualUnfreezing, freeze_state
 
-            self._unfreezer = GradualUnfreezing(self.model, every=self.unfreeze_every)
+            self._unfreezer = GradualUnfreezing(
+                self.model, every=self.unfreeze_every, bn=freeze_state(self.model)["bn"]
+            )
             held = {id(p) for group in self.optimizer.param_groups for p in group["params"]}
             missing = [n for n, p in self.model.named_parameters() if id(p) not in held]
             if missing:
