@@ -37,6 +37,19 @@ class Data:
     source: str
 
 
+def tiny_cnn() -> torch.nn.Module:
+    """Return the small CNN of the ``--quick`` modes (1-channel input, 10 classes)."""
+    from torch import nn
+
+    return nn.Sequential(
+        nn.Conv2d(1, 8, 3, padding=1),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(4),
+        nn.Flatten(),
+        nn.Linear(128, 10),
+    )
+
+
 def load_data(root: str | None = None, *, synthetic_ok: bool = True) -> Data:
     """Return FashionMNIST from ``transferkit.fashion_mnist`` (offline), else synthetic data.
 

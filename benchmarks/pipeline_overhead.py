@@ -52,7 +52,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling _common
 
-from _common import machine, print_result, subset  # after sys.path
+from _common import machine, print_result, subset, tiny_cnn  # after sys.path
 
 from transferkit.pipeline import Augment, TensorLoader  # _common puts the root on sys.path
 from transferkit.trainer import Trainer
@@ -71,13 +71,7 @@ def build_model(quick: bool) -> nn.Module:
         quick: A tiny CNN instead (``--quick``).
     """
     if quick:
-        return nn.Sequential(
-            nn.Conv2d(1, 8, 3, padding=1),
-            nn.ReLU(),
-            nn.AdaptiveAvgPool2d(4),
-            nn.Flatten(),
-            nn.Linear(128, 10),
-        )
+        return tiny_cnn()
     import transferkit
 
     return transferkit.create("resnet18", 10, in_chans=1, pretrained=False)

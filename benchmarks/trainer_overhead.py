@@ -26,13 +26,19 @@ import json
 import os
 import platform
 import statistics
+import sys
 import time
 from collections.abc import Sequence
 from datetime import datetime, timezone
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling _common
+
+from _common import tiny_cnn  # after sys.path; it also puts the repository root there
 
 from transferkit.trainer import Trainer
 
@@ -41,13 +47,7 @@ def build_model(quick: bool, micro: bool = False) -> nn.Module:
     if micro:  # almost free compute: what remains is the loops' own per-step cost
         return nn.Sequential(nn.Flatten(), nn.Linear(784, 10))
     if quick:
-        return nn.Sequential(
-            nn.Conv2d(1, 8, 3, padding=1),
-            nn.ReLU(),
-            nn.AdaptiveAvgPool2d(4),
-            nn.Flatten(),
-            nn.Linear(128, 10),
-        )
+        return tiny_cnn()
     from torchvision.models import resnet18
 
     model = resnet18(num_classes=10)
