@@ -543,6 +543,20 @@ def test_resume_with_another_seed_warns(tmp_path):
         make(tiny_cnn(), epochs=2, out_dir=tmp_path, seed=2).fit(batches(1), resume=True)
 
 
+def test_default_schedule_stepped_per_epoch_spans_the_epochs():
+    # Its length is counted in the scheduler's steps: 4 epochs, not 4 x 4 batches (with
+    # 16 the cosine had barely started when training ended).
+    trainer = Trainer(tiny_cnn(), epochs=4, lr=0.1, scheduler_interval="epoch", device="cpu",
+                      progress=False)
+    trainer.fit(batches(4))
+    fn = trainer.scheduler.lr_lambdas[0]
+    assert fn.total_steps == 4
+    expected = [0.1 * warmup_cosine(e, warmup_steps=fn.warmup_steps, total_steps=4)
+                for e in range(4)]
+    assert [r["lr"] for r in trainer.history] == pytest.approx(expected)
+    assert trainer.optimizer.param_groups[0]["lr"] == 0.0
+
+
 class LRLog(Callback):
     def __init__(self) -> None:
         self.lrs: list[tuple[int, float]] = []

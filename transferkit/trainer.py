@@ -510,13 +510,19 @@ class Trainer:
     def _default_optimizer(self) -> torch.optim.Optimizer:
         return default_optimizer(self.model, self.lr, self.body_lr, weight_decay=self.weight_decay)
 
+    def _schedule_steps(self, data: Iterable[Any], epochs: int) -> int | None:
+        """Return the scheduler steps of ``epochs`` epochs of ``data`` (``None``: no len())."""
+        n = data_len(data)
+        if n is None:
+            return None
+        per_epoch = math.ceil(n / self.grad_accum) if self.scheduler_interval == "step" else 1
+        return epochs * per_epoch
+
     def _fit_schedule_to(self, data: Iterable[Any], epochs: int) -> None:
         """After a resume, end a restored warm-up + cosine schedule at this run's last step."""
-        n = data_len(data)
-        if self.scheduler is None or n is None:
+        total = self._schedule_steps(data, epochs)
+        if self.scheduler is None or total is None:
             return
-        per_epoch = math.ceil(n / self.grad_accum) if self.scheduler_interval == "step" else 1
-        total = epochs * per_epoch
         previous = stretch_schedule(self.scheduler, total)
         if previous is not None and self.dist.is_main:
             log.warning(
@@ -528,12 +534,11 @@ class Trainer:
     def _setup_schedule(self, data: Iterable[Any], epochs: int) -> None:
         if not self._default_schedule or self.scheduler is not None:
             return
-        n = data_len(data)
-        if n is None:
+        total = self._schedule_steps(data, epochs)
+        if total is None:
             log.warning("train data has no len(): constant LR (pass scheduler= to change it)")
             self._default_schedule = False
             return
-        total = epochs * math.ceil(n / self.grad_accum)
         self.scheduler = warmup_cosine_scheduler(
             self.optimizer, total_steps=total, warmup=self.warmup
         )
