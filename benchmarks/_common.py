@@ -51,7 +51,7 @@ def tiny_cnn() -> torch.nn.Module:
 
 
 def load_data(root: str | None = None, *, synthetic_ok: bool = True) -> Data:
-    """Return FashionMNIST from ``transferkit.fashion_mnist`` (offline), else synthetic data.
+    """Return FashionMNIST from ``transferkit.data.fashion_mnist`` (offline), else synthetic data.
 
     Args:
         root: A folder holding the four idx files (default: transferkit's search paths,
@@ -59,8 +59,8 @@ def load_data(root: str | None = None, *, synthetic_ok: bool = True) -> Data:
         synthetic_ok: Fall back to random images when the files are missing (``--quick``
             runs in the test suite); ``False`` re-raises the ``DataNotFoundError``.
     """
+    from transferkit.data import fashion_mnist
     from transferkit.errors import DataNotFoundError
-    from transferkit.fashion_mnist import fashion_mnist
 
     try:
         d = fashion_mnist(root, offline=True)

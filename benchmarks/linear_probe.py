@@ -9,7 +9,7 @@ FashionMNIST subset, the same batch order, optimizer and schedule:
 - **(b)** the same with ``channels_last=True``, the speed option that feature extraction
   uses on the CPU (the training batch is the optimization's, so it stays as it is);
 - **(c)** ``cache_features=True`` (the default): extract the head's inputs once
-  (``transferkit.features.head_inputs``, channels-last and batches of
+  (``transferkit.recipes.cache_inputs``, channels-last and batches of
   ``extraction_batch_size`` on the CPU), then train the head on them.
 
 Reported: each run's wall time, (c) split into extraction and head epochs, the time per
@@ -34,14 +34,13 @@ The last line printed is a JSON record of the results.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import copy
 import json
 import logging
 import statistics
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -53,11 +52,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling _common
 from _common import machine
 
 import transferkit.recipes as recipes  # after sys.path: a script
+from transferkit.backbones import create
+from transferkit.data import TensorLoader
 from transferkit.errors import DataNotFoundError, WeightsError
-from transferkit.features import FeatureLoader, HeadOnFeatures, extract_features
-from transferkit.pipeline import TensorLoader
-from transferkit.registry import create
-from transferkit.trainer import Trainer
+from transferkit.recipes import FeatureLoader, HeadOnFeatures, extract_features
+from transferkit.train import Trainer
 
 MODEL = "efficientnet_lite0"
 MEAN, STD = (0.2860,), (0.3530,)
@@ -70,7 +69,7 @@ PROBES = {  # name -> (label, fine_tune keyword arguments)
 
 def _data(n_train: int, n_val: int) -> tuple[Any, ...]:
     try:
-        from transferkit.fashion_mnist import fashion_mnist
+        from transferkit.data import fashion_mnist
 
         d = fashion_mnist(offline=True)
         return (d.train_images[:n_train], d.train_labels[:n_train], d.test_images[:n_val],
@@ -91,38 +90,15 @@ def _model(pretrained: bool) -> tuple[torch.nn.Module, bool]:
         return create(MODEL, 10, in_chans=1, pretrained=False), False
 
 
-@contextlib.contextmanager
-def _timed_extraction(seconds: list[float]) -> Iterator[None]:
-    """Append the duration of every ``head_inputs`` call the recipe makes to ``seconds``."""
-    original: Callable[..., Any] = recipes.head_inputs
-
-    def timed(*args: Any, **kwargs: Any) -> Any:
-        start = time.perf_counter()
-        try:
-            return original(*args, **kwargs)
-        finally:
-            seconds.append(time.perf_counter() - start)
-
-    recipes.head_inputs = timed
-    try:
-        yield
-    finally:
-        recipes.head_inputs = original
-
-
 def _probe(name: str, model: torch.nn.Module, loaders: list[TensorLoader],
            epochs: int) -> dict[str, Any]:
     """Run probe ``name`` on a copy of ``model``; return its times and accuracy."""
-    extract: list[float] = []
-    with _timed_extraction(extract):
-        result = recipes.fine_tune(copy.deepcopy(model), *loaders, recipe="linear_probe",
-                                   epochs=epochs, device="cpu", progress=False,
-                                   **PROBES[name][1])
-    if name == "c" and len(extract) != 2:
-        raise RuntimeError(f"expected 2 head_inputs calls (train, val) in the cached probe, "
-                           f"timed {len(extract)}: has transferkit.recipes changed?")
+    result = recipes.fine_tune(copy.deepcopy(model), *loaders, recipe="linear_probe",
+                               epochs=epochs, device="cpu", progress=False, **PROBES[name][1])
+    if name == "c" and not result.timings["cache_s"] > 0:
+        raise RuntimeError("the cached probe cached nothing: has transferkit.recipes changed?")
     epoch_times = [r["time"] for r in result.history]
-    return {"seconds": result.seconds, "extract_s": sum(extract),
+    return {"seconds": result.seconds, "extract_s": result.timings["cache_s"],
             "epochs_s": sum(epoch_times), "epoch_s": sum(epoch_times) / len(epoch_times),
             "val_acc": result.history[-1]["val_acc"]}
 

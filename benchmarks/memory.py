@@ -56,8 +56,8 @@ def saved_activation_bytes(model: torch.nn.Module, x: torch.Tensor, y: torch.Ten
 
 def child(policy: str, size: int, batch_size: int, steps: int) -> dict:
     """Train one configuration in this process and return its measurements."""
-    from transferkit.registry import create
-    from transferkit.trainer import Trainer
+    from transferkit.backbones import create
+    from transferkit.train import Trainer
 
     torch.manual_seed(0)
     model = create("resnet18", 10, in_chans=1, pretrained=False)

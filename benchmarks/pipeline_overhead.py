@@ -54,8 +54,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling _common
 
 from _common import machine, print_result, subset, tiny_cnn  # after sys.path
 
-from transferkit.pipeline import Augment, TensorLoader  # _common puts the root on sys.path
-from transferkit.trainer import Trainer
+from transferkit.data import Augment, TensorLoader  # _common puts the root on sys.path
+from transferkit.train import Trainer
 
 MEAN, STD = (0.2860,), (0.3530,)  # FashionMNIST's training-set statistics
 AUGMENT = Augment(crop_padding=4, hflip=0.5, erase=0.25)  # as benchmarks/data_pipeline.py
@@ -86,8 +86,8 @@ def load_images(n: int, synthetic: bool) -> tuple[torch.Tensor, torch.Tensor, st
     """
     source = "synthetic"
     if not synthetic:
+        from transferkit.data import fashion_mnist
         from transferkit.errors import DataNotFoundError
-        from transferkit.fashion_mnist import fashion_mnist
 
         try:
             data = fashion_mnist(offline=True)

@@ -42,8 +42,8 @@ import torch
 from _common import load_data, machine, print_result, subset
 
 import transferkit as tk  # after _common: it puts the repository root on sys.path
+from transferkit.data import TensorLoader
 from transferkit.errors import WeightsError, closest
-from transferkit.pipeline import TensorLoader
 
 MODEL = "efficientnet_lite0"
 MEAN, STD = (0.2860,), (0.3530,)  # FashionMNIST's, as benchmarks/linear_probe.py

@@ -51,11 +51,10 @@ from _common import (
 from torch import nn
 
 from transferkit.adaptation import get_info
-from transferkit.callbacks import Callback
-from transferkit.heads import set_module
-from transferkit.pipeline import TensorLoader
-from transferkit.registry import create
-from transferkit.trainer import Trainer
+from transferkit.adaptation.heads import set_module
+from transferkit.backbones import create
+from transferkit.data import TensorLoader
+from transferkit.train import Callback, Trainer
 
 FLAGS = {"cl", "bf16", "compile", "t1", "t2", "body", "bitfit"}
 DEFAULT_VARIANTS = "seed,tk,tk+cl,tk+bf16,tk+cl+bf16,tk+cl+body,cache+cl"

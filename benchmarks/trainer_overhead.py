@@ -40,7 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling _common
 
 from _common import tiny_cnn  # after sys.path; it also puts the repository root there
 
-from transferkit.trainer import Trainer
+from transferkit.train import Trainer
 
 
 def build_model(quick: bool, micro: bool = False) -> nn.Module:

@@ -28,9 +28,11 @@ from typing import Any
 #: The modules documented, in order. A module that does not exist (yet) is skipped.
 MODULES: tuple[str, ...] = (
     "transferkit",
+    "transferkit.adaptation",
+    "transferkit.backbones",
     "transferkit.data",
+    "transferkit.train",
     "transferkit.recipes",
-    "transferkit.model_file",
     "transferkit.report",
 )
 ROOT = Path(__file__).resolve().parent.parent

@@ -10,10 +10,11 @@ The four steps of transfer learning, with the seed's mistakes fixed:
 4. train: the new head with a 10x larger learning rate than the body; evaluation in
    ``eval()`` mode under ``no_grad``; images resized to 32 px, not 7.
 
-On a CPU the default trains the stages after the first ``--freeze-stages`` ones: the
-frozen stages never change and no augmentation is used, so what they compute is cached
-once (``transferkit.stage_cache``) and each epoch only runs the trained stages. That is
-what makes ``make demo`` fit in 10 minutes on 2 cores.
+Everything trains through ``transferkit.fine_tune``, the engine the command line uses too.
+On a CPU the default trains the stages after the first ``--freeze-stages`` ones
+(``fine_tune(freeze_stages=...)``): the frozen stages never change and no augmentation is
+used, so what they compute is cached once and each epoch only runs the trained stages.
+That is what makes ``make demo`` fit in 10 minutes on 2 cores.
 
 Run ``python examples/fashion_resnet18.py --help`` for the options. Outputs in ``--out``:
 ``model.safetensors``, ``history.json``/``.csv``, ``report.md`` and PNG plots.
@@ -24,8 +25,9 @@ same backbone, ``--weights none``, every stage trains), ``linear_probe``, ``full
 default path above) and ``lp_ft`` -- each written to ``OUT/compare/<arm>/``, then one table
 printed and written to ``OUT/compare.md`` and ``OUT/compare.json``.
 
-``--resume`` continues recipe ``full`` from ``OUT/last.pt`` (same options, possibly a larger
-``--epochs``: the cosine schedule is then stretched to the new last epoch, said in one line).
+``--resume`` continues recipe ``full`` from ``OUT/finetune/last.pt`` (same options, possibly a
+larger ``--epochs``: the cosine schedule is then stretched to the new last epoch, said in one
+line).
 """
 
 from __future__ import annotations
@@ -41,10 +43,8 @@ from typing import Any
 import torch
 
 import transferkit as tk
-from transferkit.cli.train import check_writable
 from transferkit.data import TensorLoader, fashion_mnist
 from transferkit.errors import TransferKitError, WeightsNotFoundError
-from transferkit.freezing import freeze
 from transferkit.recipes import PROBE_LR
 from transferkit.report import (
     confusion_matrix,
@@ -53,8 +53,7 @@ from transferkit.report import (
     plot_misclassified,
     write_report,
 )
-from transferkit.schedules import warmup_cosine_scheduler
-from transferkit.stage_cache import cache_stage_inputs, split_at_stage
+from transferkit.train import select_device
 
 log = logging.getLogger("fashion_resnet18")
 DEFAULT_BACKBONE, FALLBACK_BACKBONE = "resnet18", "efficientnet_lite0"
@@ -102,7 +101,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--out", default="runs/fashion")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--resume", action="store_true",
-                   help="recipe 'full': continue from OUT/last.pt, with the same options "
+                   help="recipe 'full': continue from OUT/finetune/last.pt, with the same options "
                         "(a larger --epochs stretches the schedule to the new end)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     args = p.parse_args(argv)
@@ -165,20 +164,22 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     notes: list[str] = []
     try:
-        check_writable(out)
+        out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        print(f"fashion_resnet18: error: {exc}", file=sys.stderr)
+        print(f"fashion_resnet18: error: --out {str(out)!r} is not writable "
+              f"({exc.strerror or exc}); pick a folder you can write to.", file=sys.stderr)
         return 1
-    if args.resume and not (out / "last.pt").is_file():
+    checkpoint = out / "finetune" / "last.pt"
+    if args.resume and not checkpoint.is_file():
         print(f"fashion_resnet18: error: --resume: there is no checkpoint "
-              f"{str(out / 'last.pt')!r} to continue; run without --resume first.",
+              f"{str(checkpoint)!r} to continue; run without --resume first.",
               file=sys.stderr)
         return 1
     try:
         if args.compare:
             return compare(args, out, notes)
         return run(args, out, notes, start)
-    except TransferKitError as exc:
+    except (TransferKitError, OSError) as exc:
         print(f"fashion_resnet18: error: {exc}", file=sys.stderr)
         return 1
 
@@ -206,7 +207,7 @@ def compare(args: argparse.Namespace, out: Path, notes: list[str]) -> int:
             "weights": weights_arg or args.weights,
             "freeze_stages": args.freeze_stages if freeze_stages is None else freeze_stages,
         })
-        arm_out = check_writable(out / "compare" / arm)
+        arm_out = out / "compare" / arm
         log.info("compare: arm %d/%d, %s", i, len(ARMS), arm)
         torch.manual_seed(args.seed)  # every arm's new head starts from the same draw
         arm_start = time.perf_counter()
@@ -266,7 +267,7 @@ def train_and_report(args: argparse.Namespace, data: Any, model: torch.nn.Module
         trains (what trained, in words), images (train/val/test counts) and device.
     """
     info = tk.get_info(model)
-    device = tk.trainer.select_device(args.device)
+    device = select_device(args.device)
     gen = torch.Generator().manual_seed(args.seed)
     n_train = args.subset or data.train_images.shape[0]
     n_test = max(1, args.subset // 5) if args.subset else data.test_images.shape[0]
@@ -286,31 +287,31 @@ def train_and_report(args: argparse.Namespace, data: Any, model: torch.nn.Module
     val = loader(data.train_images[val_idx], data.train_labels[val_idx], shuffle=False)
     test = loader(test_x, test_y, shuffle=False)
     images = f"{len(train_idx)}/{n_val}/{n_test}"
+    # Recipe 'full' keeps the first --freeze-stages stages frozen and cached (at least one
+    # stage trains); the other recipes train as transferkit.fine_tune defines them.
+    stages = info.stages
+    k = min(args.freeze_stages, len(stages) - 1) if args.recipe == "full" else 0
     facts = {"backbone": backbone, "weights": weights, "recipe": args.recipe,
              "epochs": args.epochs, "batch size": args.batch_size,
              "image size": args.image_size, "head lr": args.lr, "body lr": args.lr / 10,
              "device": str(device), "train/val/test images": images, "seed": args.seed}
-
-    if args.recipe == "full":
-        model.to(device)
-        trainer, evaluate_on = train_full(args, model, train, val, test, facts, out, device)
-        history = trainer.history
-        trains = facts.pop("trains", "everything")
-    else:
-        # The optimizer settings of train_full: only the recipe differs.
-        fast = device.type == "cpu"  # channels-last: several times faster convs on a CPU
-        if fast:
-            model.to(memory_format=torch.channels_last)
-        result = tk.fine_tune(model, train, val, recipe=args.recipe, epochs=args.epochs,
-                              lr=args.lr, body_lr=args.lr / 10, weight_decay=WEIGHT_DECAY,
-                              warmup=WARMUP, channels_last=fast, out_dir=out, device=device,
-                              seed=args.seed)
-        trainer, history, evaluate_on = result.trainer, result.history, test
-        probe = sum(r["phase"] == "probe" for r in history)
-        trains = {"linear_probe": "the head (cached features)",
-                  "lp_ft": f"the head ({probe} ep), then everything"}.get(args.recipe,
-                                                                          args.recipe)
-    probs = trainer.predict(evaluate_on)
+    if k:
+        facts["frozen and cached"] = f"stem + {k - 1} stages (input of stage {k}: " \
+                                     f"{stages[k].name})"
+    cpu = device.type == "cpu"  # channels-last: several times faster convs on a CPU
+    result = tk.fine_tune(model, train, val, recipe=args.recipe, epochs=args.epochs,
+                          lr=args.lr, body_lr=args.lr / 10, weight_decay=WEIGHT_DECAY,
+                          warmup=WARMUP, freeze_stages=k, channels_last=cpu,
+                          monitor="val_acc", out_dir=out, device=device, seed=args.seed,
+                          resume=args.resume)
+    notes.extend(n for n in result.notes if n not in notes)
+    trainer, history = result.trainer, result.history
+    probe = sum(r["phase"] == "probe" for r in history)
+    trains = {"linear_probe": "the head (cached features)",
+              "lp_ft": f"the head ({probe} ep), then everything"}.get(args.recipe, "everything")
+    if k:
+        trains = f"{stages[k].name} onwards + head"
+    probs = trainer.predict(test)
     preds = probs.argmax(1).cpu()
     test_acc = (preds == test_y).float().mean().item()
     tk.save_model(model, out / "model.safetensors", backbone=backbone,
@@ -334,33 +335,6 @@ def train_and_report(args: argparse.Namespace, data: Any, model: torch.nn.Module
     return {"backbone": backbone, "weights": weights, "test_acc": round(test_acc, 4),
             "val_acc": round(history[-1]["val_acc"], 4), "wall_s": round(wall, 1),
             "trains": trains, "images": images, "device": str(device)}
-
-
-def train_full(args, model, train, val, test, facts, out, device):
-    """Full fine-tuning with discriminative LRs; frozen early stages computed once."""
-    stages = tk.get_info(model).stages
-    k = min(args.freeze_stages, len(stages) - 1)
-    net, data = model, (train, val, test)
-    if k > 0:
-        freeze(model, f"stages:{k - 1}")  # the stem and k - 1 stages after it
-        x0, _ = next(iter(test))
-        prefix, net = split_at_stage(model, k, x0[:4])
-        data = tuple(tk.FeatureLoader(
-            *cache_stage_inputs(prefix, model, loader), batch_size=args.batch_size,
-            shuffle=loader.shuffle, seed=args.seed) for loader in (train, val, test))
-        facts["frozen and cached"] = f"stem + {k - 1} stages (input of stage {k}: " \
-                                     f"{stages[k].name})"
-        facts["trains"] = f"{stages[k].name} onwards + head"
-    groups = tk.param_groups(model, head_lr=args.lr, body_lr=args.lr / 10,
-                             weight_decay=WEIGHT_DECAY)
-    optimizer = torch.optim.AdamW(groups)
-    total_steps = args.epochs * len(data[0])
-    scheduler = warmup_cosine_scheduler(optimizer, total_steps=total_steps, warmup=WARMUP)
-    trainer = tk.Trainer(net, epochs=args.epochs, optimizer=optimizer, scheduler=scheduler,
-                         device=device, channels_last=device.type == "cpu",
-                         monitor="val_acc", out_dir=out, seed=args.seed)
-    trainer.fit(data[0], data[1], resume=True if args.resume else None)
-    return trainer, data[2]
 
 
 if __name__ == "__main__":

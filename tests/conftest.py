@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-import transferkit.weights as W
+import transferkit.backbones.weights as W
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-import transferkit.registry as R
+import transferkit.backbones.registry as R
 
 ROOT = Path(__file__).resolve().parent.parent
 PAGES = [

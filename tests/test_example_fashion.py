@@ -61,7 +61,8 @@ def test_subset_run_falls_back_and_writes_everything(subset_run) -> None:
     result = json.loads(proc.stdout.strip().splitlines()[-1].removeprefix("RESULT "))
     assert result["backbone"] == "efficientnet_lite0" and result["weights"] == "ImageNet"
     assert 0.0 <= result["test_acc"] <= 1.0
-    for name in ("model.safetensors", "history.json", "history.csv", "report.md", "last.pt",
+    for name in ("model.safetensors", "history.json", "history.csv", "report.md",
+                 "finetune/last.pt",
                  "curves.png", "confusion.png", "misclassified.png"):
         assert (out / name).is_file(), name
     report = (out / "report.md").read_text()
@@ -107,7 +108,7 @@ def test_from_scratch_resnet18_trains_on_cached_stage_inputs(tmp_path: Path) -> 
     proc = _run("--backbone", "resnet18", "--weights", "none", "--subset", "300",
                 "--epochs", "1", "--out", str(out), "--threads", "1", cache=tmp_path / "c")
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert "cached the stage inputs of 240 images (128x4x4)" in proc.stderr
+    assert "cached the input of stage 3:layer3 of 240 train images (128x4x4)" in proc.stderr
     result = json.loads(proc.stdout.strip().splitlines()[-1].removeprefix("RESULT "))
     assert result["backbone"] == "resnet18" and result["weights"] == "none (from scratch)"
     assert "not available" not in proc.stderr

@@ -66,7 +66,9 @@ def test_wheel_contents(dist: Path) -> None:
         files = set(whl.namelist())
         info = f"transferkit-{__version__}.dist-info"
         entry_points = whl.read(f"{info}/entry_points.txt").decode()
-    for name in ("py.typed", "__init__.py", "__main__.py", "model_file.py", "_version.py",
+    for name in ("py.typed", "__init__.py", "__main__.py", "_version.py", "_validate.py",
+                 "adaptation/core.py", "backbones/model_file.py", "data/pipeline.py",
+                 "train/trainer.py", "recipes/finetune.py", "report/markdown.py",
                  "cli/__init__.py", "cli/catalog.py", "cli/train.py", "cli/predict.py",
                  "cli/export.py"):
         assert f"transferkit/{name}" in files

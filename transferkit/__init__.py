@@ -8,9 +8,35 @@ The four steps of fine-tuning, each one call::
 """
 
 from transferkit._version import __version__
-from transferkit.adaptation import AdaptInfo, Stage, adapt, get_info
-from transferkit.callbacks import Callback
-from transferkit.checkpoint import load_checkpoint, save_checkpoint
+from transferkit.adaptation import (
+    AdaptInfo,
+    GradualUnfreezing,
+    Stage,
+    adapt,
+    adapt_channel_stats,
+    adapt_input_weight,
+    freeze,
+    freeze_state,
+    freezing_summary,
+    get_info,
+    load_freeze_state,
+    param_groups,
+    param_groups_table,
+    unfreeze,
+)
+from transferkit.backbones import (
+    BackboneInfo,
+    BackboneSpec,
+    ModelMeta,
+    backbone_info,
+    create,
+    list_backbones,
+    load_model,
+    read_meta,
+    register_backbone,
+    save_model,
+    unregister_backbone,
+)
 from transferkit.errors import (
     CallbackError,
     CheckpointError,
@@ -32,30 +58,18 @@ from transferkit.errors import (
     WeightsMismatchError,
     WeightsNotFoundError,
 )
-from transferkit.features import FeatureLoader, extract_features
-from transferkit.freezing import (
-    GradualUnfreezing,
-    freeze,
-    freeze_state,
-    freezing_summary,
-    load_freeze_state,
-    unfreeze,
+from transferkit.recipes import (
+    L2SP,
+    RECIPES,
+    FeatureLoader,
+    FineTuneResult,
+    L2SPLoss,
+    Recipe,
+    extract_features,
+    fine_tune,
+    list_recipes,
 )
-from transferkit.input_layer import adapt_channel_stats, adapt_input_weight
-from transferkit.l2sp import L2SP, L2SPLoss
-from transferkit.model_file import ModelMeta, load_model, read_meta, save_model
-from transferkit.param_groups import param_groups, param_groups_table
-from transferkit.recipes import RECIPES, FineTuneResult, Recipe, fine_tune, list_recipes
-from transferkit.registry import (
-    BackboneInfo,
-    BackboneSpec,
-    backbone_info,
-    create,
-    list_backbones,
-    register_backbone,
-    unregister_backbone,
-)
-from transferkit.trainer import Trainer, warmup_cosine
+from transferkit.train import Callback, Trainer, load_checkpoint, save_checkpoint, warmup_cosine
 
 __all__ = [
     "__version__",

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from transferkit.registry import BackboneSpec, register_backbone
+from transferkit.backbones.registry import BackboneSpec, register_backbone
 
 
 def _net(width: int) -> nn.Module:

@@ -16,9 +16,9 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from transferkit.distributed import cleanup
 from transferkit.errors import DataError
-from transferkit.trainer import Trainer
+from transferkit.train.distributed import cleanup
+from transferkit.train.trainer import Trainer
 
 
 def main() -> None:
@@ -49,7 +49,7 @@ def main() -> None:
     batches = [(val.tensors[0][i : i + 5], val.tensors[1][i : i + 5]) for i in range(0, 23, 5)]
     ev_list = trainer.evaluate(batches)
     try:  # transferkit's own loader, built after the Trainer: it takes the rank itself
-        from transferkit.pipeline import TensorLoader
+        from transferkit.data.pipeline import TensorLoader
 
         loader = TensorLoader(torch.rand(23, 2, 4, 4, generator=g), val.tensors[1], batch_size=4)
         tensor_loader_count = trainer.evaluate(loader)["count"]

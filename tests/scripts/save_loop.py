@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from transferkit.checkpoint import save_checkpoint
+from transferkit.train.checkpoint import save_checkpoint
 
 path = Path(sys.argv[1])
 start = int(sys.argv[2])

@@ -15,8 +15,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from transferkit.callbacks import Callback
-from transferkit.trainer import Trainer, WarmupCosine
+from transferkit.train import Trainer, WarmupCosine
+from transferkit.train.callbacks import Callback
 
 
 class NoisyData(Dataset):

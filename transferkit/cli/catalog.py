@@ -5,7 +5,13 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+from dataclasses import asdict
+from importlib.metadata import PackageNotFoundError, distribution
 from typing import Any
+
+import torch
+
+from transferkit.backbones import backbone_info, backbone_spec, list_backbones, load_backbone
 
 __all__ = ["cmd_backbones", "cmd_info"]
 
@@ -14,10 +20,6 @@ log = logging.getLogger("transferkit.cli")
 
 def cmd_backbones(args: argparse.Namespace) -> int:
     """List the backbones matching ``args.pattern``: name, source, weights."""
-    from importlib.metadata import PackageNotFoundError, distribution
-
-    from transferkit.registry import backbone_spec, list_backbones
-
     names = list_backbones(args.pattern)
     pretrained = set(list_backbones(args.pattern, pretrained=True))
     for name in names:
@@ -41,12 +43,6 @@ def cmd_backbones(args: argparse.Namespace) -> int:
 
 def cmd_info(args: argparse.Namespace) -> int:
     """Describe backbone ``args.name``: weights, preprocessing, layers, stages, params."""
-    from dataclasses import asdict
-
-    import torch
-
-    from transferkit.registry import backbone_info, load_backbone
-
     info = backbone_info(args.name)
     try:  # architecture only, on the meta device: nothing allocated, nothing downloaded
         with torch.device("meta"):

@@ -8,14 +8,16 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+import torch
+
+from transferkit._io import atomic_write_bytes
+from transferkit.backbones import load_model
 from transferkit.errors import ConfigError, TransferKitError
 
 __all__ = ["cmd_export"]
 
 
 def _export_torchscript(model: Any, example: Any) -> tuple[bytes, Any]:
-    import torch
-
     # Tracer and deprecation warnings are moot: the caller checks the outputs.
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -32,8 +34,6 @@ def _export_onnx(model: Any, example: Any) -> tuple[bytes, Any]:
         import onnx
     except ImportError as exc:
         raise ConfigError("ONNX export needs the onnx package: pip install onnx") from exc
-    import torch
-
     buffer = io.BytesIO()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the TorchScript-based exporter's deprecation notice
@@ -57,11 +57,6 @@ def _export_onnx(model: Any, example: Any) -> tuple[bytes, Any]:
 
 def cmd_export(args: argparse.Namespace) -> int:
     """Export ``args.model_file``; write it only if it reproduces the model's output."""
-    import torch
-
-    from transferkit.checkpoint import atomic_write_bytes
-    from transferkit.model_file import load_model
-
     suffix = {"torchscript": ".pt", "onnx": ".onnx"}[args.format]
     out = Path(args.out) if args.out else Path(args.model_file).with_suffix(suffix)
     if not out.parent.is_dir():

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 
+import torch
+
+from transferkit.backbones import load_model
+from transferkit.data import decode_image
 from transferkit.errors import ConfigError, DataError
 
 __all__ = ["cmd_predict"]
@@ -13,19 +16,13 @@ __all__ = ["cmd_predict"]
 
 def cmd_predict(args: argparse.Namespace) -> int:
     """Print the top-k classes of each image (a bad image stops before any output)."""
-    import torch
-
-    from transferkit.image_folder import _decode
-    from transferkit.model_file import load_model
-
     model, meta = load_model(args.model_file, device=args.device)
     if meta.in_chans not in (1, 3):
         raise ConfigError(f"predict reads 1- or 3-channel images; the model has "
                           f"in_chans={meta.in_chans}.")
-    mode = "L" if meta.in_chans == 1 else "RGB"
     images = []
     for name in args.images:  # decode everything first: a bad file stops before any output
-        tensor = _decode(Path(name), mode, meta.image_size)
+        tensor = decode_image(name, meta.in_chans, meta.image_size)
         if tensor is None:
             raise DataError(f"Cannot decode image {name!r} (missing, unreadable or not an "
                             "image). Fix the path or leave the file out.")

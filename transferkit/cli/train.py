@@ -8,44 +8,30 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from transferkit.errors import ConfigError, DataError, closest
+import torch
 
-__all__ = ["FASHION_MNIST", "check_writable", "cmd_train"]
+from transferkit._io import check_writable
+from transferkit.adaptation import get_info
+from transferkit.backbones import backbone_spec, create, save_model
+from transferkit.data import Augment, TensorLoader, fashion_mnist, load_image_folder
+from transferkit.errors import ConfigError, DataError, closest
+from transferkit.recipes import fine_tune, list_recipes
+
+__all__ = ["FASHION_MNIST", "cmd_train"]
 
 log = logging.getLogger("transferkit.cli")
 FASHION_MNIST = "fashion-mnist"
 _SHOW_SKIPPED = 3  # undecodable files named in the warning; the count covers the rest
 
 
-def check_writable(folder: Path) -> Path:
-    """Create ``folder`` and prove it is writable with a probe file, or raise OSError."""
-    if folder.exists() and not folder.is_dir():
-        raise OSError(f"--out {str(folder)!r} exists and is not a folder; pick another path.")
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        probe = folder / ".transferkit-write-probe"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as exc:
-        raise OSError(
-            f"--out {str(folder)!r} is not writable ({exc.strerror or exc}); pick a folder "
-            "you can write to."
-        ) from exc
-    return folder
-
-
 def _load_data(args: argparse.Namespace) -> tuple[Any, Any, Any, Any, tuple[str, ...]]:
     """Return train images/labels, val images/labels (or None) and the class names."""
     if args.data == FASHION_MNIST:
-        from transferkit.fashion_mnist import fashion_mnist
-
         if args.in_chans not in (None, 1):
             raise ConfigError("FashionMNIST is grayscale: use --in-chans 1 (or leave it out).")
         fm = fashion_mnist()
         return (fm.train_images.unsqueeze(1), fm.train_labels, fm.test_images.unsqueeze(1),
                 fm.test_labels, tuple(fm.classes))
-    from transferkit.image_folder import load_image_folder
-
     with warnings.catch_warnings(record=True):  # the CLI reports skipped files itself
         warnings.simplefilter("always")
         data = load_image_folder(args.data, image_size=args.image_size,
@@ -67,8 +53,6 @@ def _load_data(args: argparse.Namespace) -> tuple[Any, Any, Any, Any, tuple[str,
 
 
 def _subset(images: Any, labels: Any, n: int | None, seed: int) -> tuple[Any, Any]:
-    import torch
-
     if images is None or n is None or n >= len(labels):
         return images, labels
     keep = torch.randperm(len(labels), generator=torch.Generator().manual_seed(seed))[:n]
@@ -77,13 +61,7 @@ def _subset(images: Any, labels: Any, n: int | None, seed: int) -> tuple[Any, An
 
 def cmd_train(args: argparse.Namespace) -> int:
     """Fine-tune, evaluate and write ``args.out/model.safetensors`` (see docs/cli.md)."""
-    from transferkit.registry import backbone_spec
-
     # Everything that can be checked without data is checked before loading any.
-    try:
-        from transferkit.recipes import fine_tune, list_recipes
-    except ImportError as exc:  # pragma: no cover - only while recipes.py is missing
-        raise ConfigError(f"Training needs transferkit.recipes, which failed: {exc}.") from exc
     recipes = list(list_recipes())
     if args.recipe not in recipes:
         raise ConfigError(
@@ -96,13 +74,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise ConfigError(
             f"--weights {args.weights!r} is neither 'imagenet', 'none' nor an existing file."
         )
-    out = check_writable(Path(args.out))
-
-    from transferkit.adaptation import get_info
-    from transferkit.augment import Augment
-    from transferkit.model_file import save_model
-    from transferkit.pipeline import TensorLoader
-    from transferkit.registry import create
+    out = check_writable(Path(args.out), what="--out")
 
     train_x, train_y, val_x, val_y, classes = _load_data(args)
     train_x, train_y = _subset(train_x, train_y, args.subset, args.seed)

@@ -1,0 +1,131 @@
+"""Tests of transferkit.distributed: sharding (in process) and DDP with torchrun (2 CPUs)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+from transferkit.errors import ConfigError
+from transferkit.train.distributed import (
+    DistInfo,
+    EvalShardSampler,
+    shard_for_evaluation,
+    shard_for_training,
+)
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.parametrize(("length", "world"), [(23, 2), (7, 3), (2, 4), (0, 2)])
+def test_eval_sampler_counts_every_index_once(length, world):
+    shards = [list(EvalShardSampler(length, r, world)) for r in range(world)]
+    assert sorted(i for s in shards for i in s) == list(range(length))
+    assert [len(EvalShardSampler(length, r, world)) for r in range(world)] == [
+        len(s) for s in shards
+    ]
+
+
+def test_training_shards_have_equal_length_and_reshuffle_per_epoch():
+    ds = TensorDataset(torch.arange(37.0), torch.zeros(37, dtype=torch.long))
+    loader = DataLoader(ds, batch_size=4, shuffle=True)
+    shards = [shard_for_training(loader, DistInfo(r, 2), seed=0) for r in range(2)]
+    assert len(shards[0]) == len(shards[1]) == 5
+
+    def order(shard, epoch):
+        shard.sampler.set_epoch(epoch)
+        return torch.cat([x for x, _ in shard]).tolist()
+
+    e0 = [order(s, 0) for s in shards]
+    assert set(e0[0]) | set(e0[1]) == set(map(float, range(37)))
+    assert e0 == [order(s, 0) for s in shards]  # pure function of (seed, epoch)
+    assert e0 != [order(s, 1) for s in shards]
+
+
+def test_plain_iterables_are_split_by_batch():
+    data = [(torch.full((2,), float(i)), torch.zeros(2, dtype=torch.long)) for i in range(5)]
+    train = [list(shard_for_training(data, DistInfo(r, 2), seed=0)) for r in range(2)]
+    assert [[int(b[0][0]) for b in s] for s in train] == [[0, 2], [1, 3]]  # tail dropped
+    val = [list(shard_for_evaluation(data, DistInfo(r, 2))) for r in range(2)]
+    assert [[int(b[0][0]) for b in s] for s in val] == [[0, 2, 4], [1, 3]]
+
+
+def test_single_process_leaves_data_alone():
+    data = [(torch.zeros(1), torch.zeros(1))]
+    assert shard_for_training(data, DistInfo(), seed=0) is data
+    assert shard_for_evaluation(data, DistInfo()) is data
+
+
+def test_ddp_two_processes_on_cpu(tmp_path):
+    torchrun = Path(sys.executable).with_name("torchrun")
+    if not torchrun.exists():
+        pytest.skip("torchrun is not installed next to the Python interpreter")
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    for key in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(key, None)
+    proc = subprocess.run(
+        [
+            str(torchrun),
+            "--standalone",
+            "--nproc_per_node=2",
+            str(ROOT / "tests" / "scripts" / "ddp_train.py"),
+            str(tmp_path),
+        ],
+        check=False,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=180,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads((tmp_path / "result.json").read_text())
+    assert result["identical"] is True  # parameters equal on both ranks
+    assert result["loader_count"] == 23 and result["list_count"] == 23  # odd size, once each
+    assert result["tensor_loader_count"] in (23, None)  # None: transferkit.pipeline absent
+    assert result["eval_matches_history"] is True
+    assert result["history_len"] == 3
+    rank0, rank1 = result["bad_data"]
+    assert "other rank(s) found bad data" in rank0 and "labels include 9" in rank1
+    assert result["steps"] == [15, 15]  # 37 samples -> 19 per rank -> 5 batches x 3 epochs
+    # fit() released DDP, so cleanup() joined Gloo's threads (else exit could abort).
+    assert result["gloo_threads_after_cleanup"] in ([], None)  # None: no /proc
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "best.pt",
+        "history.csv",
+        "history.json",
+        "last.pt",
+        "result.json",
+    ]
+
+
+class Sharded:
+    """A loader that shards itself, like transferkit.pipeline.TensorLoader."""
+
+    def __init__(self, rank: int, world_size: int) -> None:
+        self.rank, self.world_size = rank, world_size
+        self.data = [(torch.zeros(2), torch.zeros(2, dtype=torch.long))] * 4
+
+    def __iter__(self):
+        return iter(self.data)
+
+    def __len__(self):
+        return len(self.data)
+
+
+def test_loaders_that_shard_themselves_are_respected():
+    own = Sharded(1, 2)
+    assert shard_for_training(own, DistInfo(1, 2), seed=0) is own
+    assert shard_for_evaluation(own, DistInfo(1, 2)) is own
+    with pytest.warns(UserWarning, match="built for 1 process"):
+        split = shard_for_evaluation(Sharded(0, 1), DistInfo(1, 2))
+    assert len(list(split)) == 2
+    with pytest.raises(ConfigError, match="rank 0 of 3.*rank 1 of 2"):
+        shard_for_training(Sharded(0, 3), DistInfo(1, 2), seed=0)
+    with pytest.raises(ConfigError, match="rank 1 of 2"):
+        shard_for_training(Sharded(1, 2), DistInfo(), seed=0)  # half the data, single process

@@ -1,0 +1,258 @@
+"""``adapt()``: turn a pretrained source model into the target model.
+
+Steps 2 and 3 of fine-tuning: keep every layer and weight of the source model
+except its output layer, put in a new randomly initialised output layer sized to
+the target classes, and (optionally) adapt the layers that read the input image
+to a new number of channels. What was found and changed is recorded in one
+typed place, :class:`AdaptInfo`, at ``model.transferkit_info``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+
+from torch import nn
+
+from transferkit import _validate
+from transferkit._env import IMAGENET_MEAN, IMAGENET_STD
+from transferkit.adaptation.heads import (
+    find_aux_heads,
+    find_heads,
+    head_outputs,
+    new_head,
+    set_module,
+)
+from transferkit.adaptation.input_layer import adapt_channel_stats, plan_input_layers
+from transferkit.adaptation.stages import Stage, find_stages
+from transferkit.adaptation.tracing import Snapshot, trace
+from transferkit.errors import ConfigError, HeadNotFoundError
+
+__all__ = ["AdaptInfo", "ModelView", "Stage", "adapt", "get_info", "recorded_info", "unwrap"]
+
+INFO_ATTR = "transferkit_info"
+
+
+@dataclass(frozen=True)
+class AdaptInfo:
+    """Facts about an adapted model, stored at ``model.transferkit_info``.
+
+    Attributes:
+        heads: Qualified names of the output layer(s).
+        aux_heads: Auxiliary classifiers replaced with the head (GoogLeNet, Inception v3).
+        input_layers: Layers that read the input image.
+        stages: The body's stages, stem first (head excluded).
+        mean: Per-channel mean the model expects its input normalised with.
+        std: Per-channel std, as ``mean``.
+        in_chans: Channels of the input image.
+        num_classes: Outputs of the head.
+        original_num_classes: Outputs of the head before ``adapt()``; None if not adapted.
+        input_size: The (H, W) of the dummy image that ran through the model.
+    """
+
+    heads: tuple[str, ...]
+    aux_heads: tuple[str, ...]
+    input_layers: tuple[str, ...]
+    stages: tuple[Stage, ...]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    in_chans: int
+    num_classes: int
+    original_num_classes: int | None
+    input_size: tuple[int, int]
+
+    @property
+    def head_modules(self) -> tuple[str, ...]:
+        """All replaced output layers: main and auxiliary heads."""
+        return self.heads + self.aux_heads
+
+
+class ModelView(nn.Module):
+    """A module that runs part of another model on other inputs, sharing its parameters.
+
+    Views let the Trainer train a model through a different forward pass: the head alone
+    on cached features, the stages after a cached frozen prefix, the whole model kept in
+    eval mode. Everything that asks about *the model* (:func:`get_info`, freezing,
+    ``param_groups``, saving) sees :attr:`source` through :func:`unwrap`; only the
+    forward pass and the input check belong to the view.
+
+    Args:
+        source: The model whose parameters the view trains.
+        input_channels: Channels of the view's inputs (for the Trainer's first-batch
+            check), or ``None`` when they are not image channels.
+    """
+
+    def __init__(self, source: nn.Module, *, input_channels: int | None) -> None:
+        super().__init__()
+        # A plain attribute, not a submodule: a subclass registers what its forward runs.
+        self.__dict__["_source"] = source
+        self.input_channels = input_channels
+
+    @property
+    def source(self) -> nn.Module:
+        """The model this view runs."""
+        return self.__dict__["_source"]
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """Return the user's model inside DDP/DataParallel, ``torch.compile`` and views."""
+    while True:
+        if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
+            model = model.module
+        elif hasattr(model, "_orig_mod") and isinstance(model._orig_mod, nn.Module):
+            model = model._orig_mod
+        elif isinstance(model, ModelView):
+            model = model.source
+        else:
+            return model
+
+
+def recorded_info(model: nn.Module) -> AdaptInfo | None:
+    """Return the :class:`AdaptInfo` that :func:`adapt` recorded on ``model``, or ``None``.
+
+    Unlike :func:`get_info`, never runs the model to discover anything.
+    """
+    info = getattr(unwrap(model), INFO_ATTR, None)
+    return info if isinstance(info, AdaptInfo) else None
+
+
+def _default_stats(model: nn.Module) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    if "mean" in cfg and "std" in cfg:
+        return tuple(cfg["mean"]), tuple(cfg["std"])
+    return IMAGENET_MEAN, IMAGENET_STD
+
+
+def _discover(
+    model: nn.Module, head: str | Sequence[str] | None, in_chans: int, size: int | None
+) -> AdaptInfo:
+    tr = trace(model, in_chans=in_chans, sizes=(size,) if size else None)
+    heads = find_heads(model, tr, head)
+    aux = find_aux_heads(model, heads)
+    modules = dict(model.named_modules())
+    mean, std = _default_stats(model)
+    return AdaptInfo(
+        heads=heads,
+        aux_heads=aux,
+        input_layers=tr.inputs,
+        stages=find_stages(model, heads + aux, tr.order),
+        mean=adapt_channel_stats(mean, in_chans),
+        std=adapt_channel_stats(std, in_chans),
+        in_chans=in_chans,
+        num_classes=head_outputs(modules[heads[0]]),
+        original_num_classes=None,
+        input_size=tr.input_size,
+    )
+
+
+def get_info(model: nn.Module) -> AdaptInfo:
+    """Return the adaptation facts of ``model``; discover them if it was never adapted.
+
+    Never changes the model. For a model that was not adapted, the head and
+    input layers are found with one dummy forward pass of a 3-channel image.
+    """
+    info = recorded_info(model)
+    return info if info is not None else _discover(unwrap(model), None, 3, None)
+
+
+def adapt(
+    model: nn.Module,
+    num_classes: int,
+    *,
+    in_chans: int | None = None,
+    head: str | Sequence[str] | None = None,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+    input_size: int | None = None,
+) -> nn.Module:
+    """Replace the output layer and adapt the input layer(s) of ``model``, in place.
+
+    Every parameter except the head's and the input layers' stays bit-for-bit the
+    same. On any error the model is left exactly as it was.
+
+    Args:
+        model: The source model (torchvision, timm or any ``nn.Module`` classifier).
+        num_classes: Outputs of the new, randomly initialised head.
+        in_chans: Channels of the target images (1 for grey); None keeps 3.
+        head: Qualified name(s) of the output layer(s), overriding discovery.
+        mean: Per-RGB-channel mean the source model expects (default: its timm config or
+            ImageNet's); adapted to ``in_chans`` and recorded.
+        std: As ``mean``.
+        input_size: Square size of the dummy image used for discovery (default: tried).
+
+    Returns:
+        The same model object, adapted; facts in ``model.transferkit_info``.
+
+    Raises:
+        ConfigError: Bad ``num_classes``, ``in_chans``, ``mean`` or ``std``.
+        HeadNotFoundError: No output layer found (the message lists candidates).
+        InputAdaptationError: An input layer cannot be adapted.
+
+    Example:
+        >>> import torchvision, transferkit
+        >>> model = transferkit.adapt(torchvision.models.resnet18(), 10, in_chans=1)
+        >>> transferkit.get_info(model).heads, model.conv1.in_channels
+        (('fc',), 1)
+    """
+    if not isinstance(model, nn.Module):
+        raise ConfigError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    num_classes = _validate.positive_int("num_classes", num_classes, example=10)
+    target_chans = 3 if in_chans is None else _validate.positive_int("in_chans", in_chans)
+    input_size = _validate.optional_positive_int("input_size", input_size, example=224)
+    mean, std = _validate.channel_stats("mean", mean), _validate.channel_stats("std", std)
+    if (mean is None) != (std is None) or (mean and len(mean) != len(std)):
+        raise ConfigError("give mean and std together, with one value per channel each")
+    model = unwrap(model)
+    previous = getattr(model, INFO_ATTR, None)
+    orig_chans = previous.in_chans if isinstance(previous, AdaptInfo) else 3
+    found = _discover(model, head, orig_chans, input_size)
+    base_mean, base_std = (mean, std) if mean else _default_stats(model)
+    modules = dict(model.named_modules())
+    plan_inputs = []
+    quirk = target_chans != orig_chans and getattr(model, "transform_input", False) is True
+    if target_chans != orig_chans:
+        plan_inputs = plan_input_layers(model, found.input_layers, target_chans, orig_chans)
+    if quirk:  # torchvision GoogLeNet/Inception v3 re-normalise 3 channels inside forward
+        base_mean, base_std = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
+    snapshot = Snapshot(model)
+    try:
+        heads, aux = found.heads, found.aux_heads
+        original = head_outputs(modules[heads[0]])
+        if callable(getattr(model, "reset_classifier", None)) and head is None:
+            model.reset_classifier(num_classes)
+            heads = find_heads(model, None, None)
+        else:
+            for name in heads:
+                set_module(model, name, new_head(modules[name], num_classes))
+        for name in aux:
+            set_module(model, name, new_head(modules[name], num_classes))
+        if hasattr(model, "num_classes") and isinstance(model.num_classes, int):
+            model.num_classes = num_classes
+        for module, weight in plan_inputs:
+            module.weight = weight
+            module.in_channels = weight.shape[1]
+        if quirk:
+            model.transform_input = False
+        info = replace(
+            found,
+            heads=heads,
+            stages=find_stages(model, heads + aux, ()) if heads != found.heads else found.stages,
+            mean=adapt_channel_stats(base_mean, target_chans),
+            std=adapt_channel_stats(base_std, target_chans),
+            in_chans=target_chans,
+            num_classes=num_classes,
+            original_num_classes=(
+                previous.original_num_classes if isinstance(previous, AdaptInfo) else original
+            ),
+        )
+        check = trace(model, in_chans=target_chans, sizes=(found.input_size[0],))
+        if check.out_features != num_classes:
+            raise HeadNotFoundError(
+                f"after adaptation {type(model).__name__} outputs {check.out_features} values, "
+                f"not num_classes={num_classes}; pass head= to name every output layer"
+            )
+        setattr(model, INFO_ATTR, info)
+    except BaseException:
+        snapshot.restore()
+        raise
+    return model

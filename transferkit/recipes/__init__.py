@@ -1,0 +1,60 @@
+"""Fine-tuning recipes: one call that composes the lower layers into a good training run.
+
+- :mod:`~transferkit.recipes.table`: the recipes, their defaults and references;
+- :mod:`~transferkit.recipes.finetune`: :func:`fine_tune`;
+- :mod:`~transferkit.recipes.cache`: cache what a frozen part of the model computes (the
+  head's input for a linear probe, a frozen prefix of stages), once;
+- :mod:`~transferkit.recipes.feature_loader`: serve cached tensors as batches;
+- :mod:`~transferkit.recipes.views`: train a model through another forward pass;
+- :mod:`~transferkit.recipes.l2sp`: the L2-SP regulariser.
+
+This layer sits on :mod:`transferkit.train`, :mod:`transferkit.adaptation` and
+:mod:`transferkit.data`.
+"""
+
+from __future__ import annotations
+
+from transferkit.recipes.cache import (
+    cache_inputs,
+    extract_features,
+    extraction_batch_size,
+    plain_loader,
+    split_at_head,
+    split_at_stage,
+)
+from transferkit.recipes.feature_loader import FeatureLoader, loader_like
+from transferkit.recipes.finetune import FineTuneResult, fine_tune
+from transferkit.recipes.l2sp import L2SP, L2SPLoss
+from transferkit.recipes.table import (
+    L2SP_ALPHA,
+    LAYER_DECAY,
+    PROBE_LR,
+    RECIPES,
+    Recipe,
+    list_recipes,
+)
+from transferkit.recipes.views import EvalMode, HeadOnFeatures, StageTail
+
+__all__ = [
+    "L2SP",
+    "L2SP_ALPHA",
+    "LAYER_DECAY",
+    "PROBE_LR",
+    "RECIPES",
+    "EvalMode",
+    "FeatureLoader",
+    "FineTuneResult",
+    "HeadOnFeatures",
+    "L2SPLoss",
+    "Recipe",
+    "StageTail",
+    "cache_inputs",
+    "extract_features",
+    "extraction_batch_size",
+    "fine_tune",
+    "list_recipes",
+    "loader_like",
+    "plain_loader",
+    "split_at_head",
+    "split_at_stage",
+]

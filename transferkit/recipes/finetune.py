@@ -1,0 +1,388 @@
+"""Fine-tuning recipes behind one call: ``fine_tune(model, train, val, recipe="lp_ft")``.
+
+Each recipe is a short composition of the lower layers: a freezing policy
+(:mod:`transferkit.adaptation.freezing`), the Trainer's default optimizer and schedule (with the
+recipe's learning rates and layer decay), cached inputs of the frozen part
+(:mod:`transferkit.recipes.cache`), the L2-SP loss (:mod:`transferkit.recipes.l2sp`) and the
+:class:`~transferkit.train.trainer.Trainer`. The recipes themselves are the table in
+:mod:`transferkit.recipes.table`; ``docs/recipes.md`` says which to use when and shows the
+measurements behind the defaults.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+import warnings
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from transferkit import _validate
+from transferkit._io import check_writable
+from transferkit.adaptation.core import get_info, unwrap
+from transferkit.adaptation.freezing import BN_MODES, freeze, freeze_state, load_freeze_state
+from transferkit.data.pipeline import TensorLoader
+from transferkit.errors import ConfigError
+from transferkit.recipes.cache import cache_inputs, plain_loader, split_at_head, split_at_stage
+from transferkit.recipes.feature_loader import FeatureLoader, batch_size_of, loader_like
+from transferkit.recipes.l2sp import L2SPLoss
+from transferkit.recipes.table import L2SP_ALPHA, LAYER_DECAY, PROBE_LR, check_recipe
+from transferkit.recipes.views import EvalMode
+from transferkit.train.callbacks import Callback
+from transferkit.train.checkpoint import get_rng_state, set_rng_state
+from transferkit.train.devices import Precision, select_device
+from transferkit.train.history import write_history
+from transferkit.train.trainer import Trainer, check_trainer_args
+
+__all__ = ["FineTuneResult", "fine_tune"]
+
+log = logging.getLogger(__name__)
+
+# Arguments fine_tune sets itself: passing them through **trainer_kwargs is an error.
+_OWNED = {
+    "model": "it is the first argument",
+    "epochs": "pass epochs= to fine_tune",
+    "lr": "pass lr= to fine_tune",
+    "body_lr": "pass body_lr= to fine_tune",
+    "freeze": "each recipe sets its own freezing",
+    "unfreeze_every": "use recipe='gradual'",
+    "layer_decay": f"use recipe='llrd' (layer_decay={LAYER_DECAY})",
+    "optimizer": "each recipe builds its optimizer; use Trainer directly for your own",
+    "scheduler": "each recipe builds its schedule; use Trainer directly for your own",
+}
+
+
+@dataclass
+class FineTuneResult:
+    """What :func:`fine_tune` returns.
+
+    Attributes:
+        model: The fine-tuned model (the same object that was passed in).
+        recipe: The recipe's name.
+        history: One record per epoch over all phases, numbered continuously, each with
+            a ``"phase"`` key (``"probe"`` or ``"finetune"``).
+        seconds: Wall time of the whole call, caching included.
+        trainer: A Trainer over the full model, ready for ``evaluate``/``predict`` on
+            images. After a phase that trained on cached inputs (``linear_probe``,
+            ``freeze_stages``) it is a new Trainer that trained nothing itself.
+        notes: One line per choice ``fine_tune`` made that the user did not spell out
+            (what was cached, a cache that could not be used), as also logged.
+        timings: Where the time went, in seconds: ``cache_s`` (computing cached inputs,
+            0 without a cache) and ``train_s`` (the epochs, validation included).
+    """
+
+    model: nn.Module
+    recipe: str
+    history: list[dict[str, Any]] = field(default_factory=list)
+    seconds: float = 0.0
+    trainer: Trainer | None = None
+    notes: list[str] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def _check_trainer_kwargs(kwargs: dict[str, Any]) -> None:
+    for key in kwargs:
+        if key in _OWNED:
+            raise ConfigError(
+                f"fine_tune does not take {key}= as a Trainer argument: {_OWNED[key]}."
+            )
+
+
+def _phase_records(history: list[dict[str, Any]], phase: str, offset: int) -> list[dict]:
+    return [{**r, "epoch": r["epoch"] + offset, "phase": phase} for r in history]
+
+
+def _sample(data: Iterable[Any], device: torch.device) -> torch.Tensor:
+    """Return two inputs of ``data`` without shifting any random stream (to check a split)."""
+    rng = get_rng_state()
+    try:
+        batch = next(iter(plain_loader(data)), None)
+    finally:
+        set_rng_state(rng)
+    if not isinstance(batch, (tuple, list)) or not isinstance(batch[0], torch.Tensor):
+        raise ConfigError("caching needs (inputs, targets) batches of tensors; the first train "
+                          f"batch is a {type(batch).__name__}.")
+    return batch[0][:2].to(device)
+
+
+def _augments(data: Any) -> bool:
+    return isinstance(data, TensorLoader) and data.augment is not None
+
+
+def _cached_loaders(model: nn.Module, module: str, what: str, train: Any, val: Any, *,
+                    device: torch.device, seed: int, timings: dict[str, float],
+                    flatten: bool = False) -> tuple[FeatureLoader, FeatureLoader | None]:
+    """Cache the input of ``module`` over ``train`` (and ``val``); batch it like the images.
+
+    The time it takes is added to ``timings["cache_s"]`` and logged, one line per split.
+    """
+    def cache(data: Any, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+        start = time.perf_counter()
+        inputs, labels = cache_inputs(model, module, data, device=device)
+        seconds = time.perf_counter() - start
+        timings["cache_s"] = timings.get("cache_s", 0.0) + seconds
+        log.info("cached the %s of %d %s images (%s) in %.1f s", what, inputs.shape[0], split,
+                 "x".join(map(str, inputs.shape[1:])), seconds)
+        return (inputs.flatten(1) if flatten else inputs), labels
+
+    train_cache = loader_like(train, *cache(train, "train"), seed=seed)
+    val_cache = None
+    if val is not None:
+        val_cache = FeatureLoader(*cache(val, "val"), batch_size=batch_size_of(val),
+                                  shuffle=False)
+    return train_cache, val_cache
+
+
+def _probe(model: nn.Module, train: Any, val: Any, *, epochs: int, lr: float, cache: bool,
+           args: dict[str, Any], notes: list[str], timings: dict[str, float],
+           resume: bool) -> Trainer:
+    """Train the head alone, on cached features (``cache``) or through the frozen body."""
+    device = select_device(args["device"])
+    model.to(device)
+    freeze(model, "body")
+    base = {**args, "epochs": epochs, "lr": lr, "body_lr": lr}
+    tail = None
+    if cache:
+        try:
+            tail = split_at_head(model, _sample(train, device))
+        except ConfigError as exc:
+            note = f"linear probe: {exc} Probing through the frozen body instead (no cache)."
+            log.warning(note)
+            notes.append(note)
+    if tail is None:
+        trainer = Trainer(EvalMode(model), **base)
+        trainer.fit(train, val, resume=resume or None)
+        return trainer
+    if _augments(train):
+        notes.append("linear probe: features cached from the images without augmentation "
+                     "(the train loader's augmentation does not apply to a cache).")
+        log.info(notes[-1])
+    head = get_info(model).heads[0]
+    train_feats, val_feats = _cached_loaders(model, head, "head inputs", train, val,
+                                             device=device, seed=args["seed"], timings=timings,
+                                             flatten=True)
+    trainer = Trainer(tail, **base)
+    trainer.fit(train_feats, val_feats, resume=resume or None)
+    return trainer
+
+
+def _finetune(model: nn.Module, train: Any, val: Any, *, recipe: str, epochs: int, lr: float,
+              body_lr: float, l2sp: float, freeze_stages: int, args: dict[str, Any],
+              notes: list[str], timings: dict[str, float], resume: bool) -> Trainer:
+    """Train with the Trainer under the recipe's freezing (and its cache of frozen stages)."""
+    base = {**args, "epochs": epochs, "lr": lr, "body_lr": body_lr}
+    base["freeze"] = {"bitfit": "bitfit", "gradual": "body"}.get(recipe, "none")
+    if recipe == "gradual":
+        stages = len(get_info(model).stages)
+        # Every stage opens by the last epoch when epochs > stages; otherwise one per epoch.
+        base["unfreeze_every"] = max(1, (epochs - 1) // max(1, stages))
+        log.info("gradual: one more stage of %d every %d epoch(s)", stages,
+                 base["unfreeze_every"])
+    if recipe == "llrd":
+        base["layer_decay"] = LAYER_DECAY
+    if l2sp > 0:
+        base["loss_fn"] = L2SPLoss(model, args.get("loss_fn"), alpha=l2sp)
+    net, train_data, val_data = model, train, val
+    if freeze_stages:
+        device = select_device(args["device"])
+        model.to(device)
+        stages = get_info(model).stages
+        base["freeze"] = f"stages:{freeze_stages - 1}"  # the stem and the k - 1 after it
+        net = split_at_stage(model, freeze_stages, _sample(train, device))
+        name = stages[freeze_stages].name
+        train_data, val_data = _cached_loaders(model, net.cut, f"input of stage {name}", train,
+                                               val, device=device, seed=args["seed"],
+                                               timings=timings)
+        notes.append(f"stages 0..{freeze_stages - 1} frozen and their output cached once; "
+                     f"stage {name} onwards and the head train on the cache.")
+        log.info(notes[-1])
+    trainer = Trainer(net, **base)
+    trainer.fit(train_data, val_data, resume=resume or None)
+    return trainer
+
+
+def fine_tune(
+    model: nn.Module,
+    train: Iterable[Any],
+    val: Iterable[Any] | None = None,
+    *,
+    recipe: str = "lp_ft",
+    epochs: int = 5,
+    lr: float | None = None,
+    body_lr: float | None = None,
+    l2sp: float = 0.0,
+    probe_epochs: int | None = None,
+    freeze_stages: int = 0,
+    out_dir: str | os.PathLike[str] | None = None,
+    resume: bool = False,
+    device: str | torch.device = "auto",
+    precision: Precision = "fp32",
+    callbacks: Iterable[Callback] = (),
+    seed: int = 0,
+    progress: bool | None = None,
+    cache_features: bool = True,
+    bn: str | None = None,
+    **trainer_kwargs: Any,
+) -> FineTuneResult:
+    """Fine-tune ``model`` on ``train`` with a named recipe; return the model and history.
+
+    Recipes (``list_recipes()``): ``"full"``, ``"linear_probe"``, ``"lp_ft"``,
+    ``"gradual"``, ``"llrd"``, ``"bitfit"``, ``"l2sp"``; see ``docs/recipes.md``.
+    The model is trained in place. All arguments are checked before it changes.
+
+    Args:
+        model: An adapted model (``transferkit.create`` or ``adapt``).
+        train: Batches of ``(images, labels)`` (a DataLoader or a ``TensorLoader``).
+        val: Validation batches, evaluated after every epoch.
+        recipe: The recipe's name.
+        epochs: Total epochs, all phases together (``lp_ft`` needs at least 2).
+        lr: Head LR; default per recipe (see ``RECIPES``). For ``lp_ft``, the head LR of
+            the fine-tuning phase (the probe uses ``PROBE_LR``).
+        body_lr: Body LR (of the last stage for ``llrd``); default per recipe.
+        l2sp: L2-SP strength ``alpha`` added to any recipe (0: off; recipe ``"l2sp"``
+            defaults to ``L2SP_ALPHA``). Not applied to a linear probe, which has no body
+            to pull.
+        probe_epochs: Epochs of the probe phase of ``lp_ft``; default ``epochs // 2``.
+        freeze_stages: Keep the stem and the next ``freeze_stages - 1`` stages (stages
+            ``0 .. freeze_stages - 1`` of ``get_info(model).stages``) frozen, compute their
+            output once and train the later stages on it (recipes ``full``, ``llrd``,
+            ``l2sp`` and the fine-tuning phase of ``lp_ft``). The train loader must not
+            augment. 0 (the default): nothing is cached.
+        out_dir: Each phase's Trainer writes to ``out_dir/<phase>/``; the combined
+            history goes to ``out_dir/history.json`` and ``out_dir/history.csv``.
+        resume: Continue from ``out_dir/<phase>/last.pt`` (every recipe but ``lp_ft``),
+            with the same arguments; a larger ``epochs`` stretches the schedule.
+        device: ``"auto"`` or a device.
+        precision: ``"fp32"``, ``"bf16"`` or ``"fp16"``.
+        callbacks: Passed to every phase's Trainer (while a phase trains on cached inputs,
+            its ``model`` is the view that runs on them).
+        seed: Shuffling seed of the Trainer and of cached inputs.
+        progress: Show progress bars.
+        cache_features: Train linear probes on features cached once (``False``: run the
+            frozen body, in eval mode, every epoch; the same result, more slowly).
+        bn: BatchNorm while the body trains: ``"train"`` (batch statistics, running
+            averages updated) or ``"frozen"`` (eval behaviour: the pretrained running
+            statistics, not updated); default ``"frozen"`` for ``lp_ft`` (its probe was fit
+            on eval-mode features, which batch statistics would shift) and ``"train"``
+            otherwise. The returned model keeps it (``freeze_state(model)["bn"]``;
+            ``transferkit.unfreeze(model)`` resets it).
+        **trainer_kwargs: Other :class:`~transferkit.train.trainer.Trainer` arguments
+            (``weight_decay``, ``warmup``, ``grad_clip``, ``loss_fn``, ``monitor``...).
+
+    Returns:
+        A :class:`FineTuneResult`.
+
+    Raises:
+        UnknownRecipeError: Unknown recipe (a ``ConfigError``; the closest is suggested).
+        ConfigError: Bad ``epochs``, ``lr``, ``body_lr``, ``l2sp``, ``probe_epochs``,
+            ``freeze_stages``, ``resume`` or Trainer argument.
+        OSError: ``out_dir`` cannot be created or written.
+
+    Example:
+        >>> import torch, transferkit
+        >>> model = transferkit.create("resnet18", 2, in_chans=1, pretrained=False)
+        >>> data = [(torch.randn(8, 1, 32, 32), torch.arange(8) % 2)] * 2
+        >>> result = fine_tune(model, data, recipe="bitfit", epochs=1, device="cpu")
+        >>> [r["phase"] for r in result.history]
+        ['finetune']
+    """
+    start = time.perf_counter()
+    spec = check_recipe(recipe)
+    epochs = _validate.positive_int("epochs", epochs, example=5)
+    lr_ = None if lr is None else _validate.rate("lr", lr, allow_zero=False, example=1e-3)
+    body_lr_ = (None if body_lr is None
+                else _validate.rate("body_lr", body_lr, allow_zero=False, example=1e-4))
+    alpha = _validate.rate("l2sp", l2sp)
+    if spec.name == "l2sp" and alpha == 0:
+        alpha = L2SP_ALPHA
+    n_probe = 0
+    if spec.name == "lp_ft":
+        if epochs < 2:
+            raise ConfigError(f"recipe 'lp_ft' needs epochs >= 2 (probe, then fine-tune), "
+                              f"got epochs={epochs}; pass epochs=2 or recipe='linear_probe'.")
+        n_probe = max(1, epochs // 2) if probe_epochs is None else _validate.integer(
+            "probe_epochs", probe_epochs, minimum=1, maximum=epochs - 1)
+    elif probe_epochs is not None:
+        raise ConfigError(f"probe_epochs={probe_epochs!r} applies to recipe 'lp_ft' only, "
+                          f"not {spec.name!r}; remove it.")
+    bn_ = _validate.choice("bn", bn, BN_MODES) if bn is not None else (
+        "frozen" if spec.name == "lp_ft" else "train")
+    freeze_stages = _validate.integer("freeze_stages", freeze_stages, minimum=0, example=3)
+    if freeze_stages and not spec.caches_stages:
+        raise ConfigError(f"freeze_stages={freeze_stages} does not apply to recipe "
+                          f"{spec.name!r}, whose frozen part changes (or is everything); "
+                          "use recipe='full', 'llrd', 'l2sp' or 'lp_ft', or freeze_stages=0.")
+    if freeze_stages:
+        stages = get_info(model).stages
+        if freeze_stages >= len(stages):
+            raise ConfigError(
+                f"freeze_stages={freeze_stages} must be below the model's {len(stages)} "
+                f"stages ({', '.join(s.name for s in stages)}): at least one must train.")
+        if _augments(train):
+            raise ConfigError(
+                f"freeze_stages={freeze_stages} caches the frozen stages' output of the images "
+                "as they are, so the train loader's augmentation could not apply: pass a "
+                "loader without augment=, or freeze_stages=0.")
+    _validate.flag("resume", resume)
+    if resume and (out_dir is None or spec.name == "lp_ft"):
+        raise ConfigError("resume=True needs out_dir= (it continues out_dir/<phase>/last.pt) and "
+                          "a one-phase recipe (not 'lp_ft').")
+    _validate.flag("cache_features", cache_features)
+    _check_trainer_kwargs(trainer_kwargs)
+    common = {"device": device, "precision": precision, "callbacks": tuple(callbacks),
+              "seed": seed, "progress": progress}
+    check_trainer_args(has_val=val is not None, **common, **trainer_kwargs)
+    if spec.name == "linear_probe" and alpha > 0:
+        warnings.warn(f"l2sp={alpha} has no effect with recipe 'linear_probe': the body is "
+                      "frozen. HINT: use recipe='lp_ft' to regularise its fine-tuning phase.",
+                      stacklevel=2)
+    root = check_writable(out_dir, what="out_dir") if out_dir is not None else None
+
+    def args_for(phase: str) -> dict[str, Any]:
+        out = root / phase if root is not None else None
+        return {**common, **trainer_kwargs, "out_dir": out}
+
+    history: list[dict[str, Any]] = []
+    notes: list[str] = []
+    timings: dict[str, float] = {"cache_s": 0.0}
+    trainer: Trainer
+    before = freeze_state(model)
+    try:
+        if spec.name in ("linear_probe", "lp_ft"):
+            n = epochs if spec.name == "linear_probe" else n_probe
+            plr = lr_ if (lr_ is not None and spec.name == "linear_probe") else PROBE_LR
+            trainer = _probe(unwrap(model), train, val, epochs=n, lr=plr, cache=cache_features,
+                             args=args_for("probe"), notes=notes, timings=timings,
+                             resume=resume)
+            history += _phase_records(trainer.history, "probe", 0)
+        if spec.name != "linear_probe":
+            head = lr_ if lr_ is not None else spec.lr
+            body = body_lr_ if body_lr_ is not None else (spec.body_lr or head * 0.1)
+            # Set before the Trainer, which keeps this BatchNorm mode under its own
+            # freezing policy (every fine-tuning phase applies one).
+            freeze(model, "none", bn=bn_)
+            trainer = _finetune(
+                model, train, val, recipe=spec.name, epochs=epochs - n_probe, lr=head,
+                body_lr=body, l2sp=alpha, freeze_stages=freeze_stages,
+                args=args_for("finetune"), notes=notes, timings=timings, resume=resume)
+            history += _phase_records(trainer.history, "finetune", n_probe)
+    except BaseException:
+        if not history:  # nothing trained yet: give the model its freezing back
+            load_freeze_state(model, before)
+        raise
+    if trainer.model is not model:  # trained a view: a Trainer over the model, for images
+        trainer = Trainer(model, **{**common, **trainer_kwargs, "epochs": epochs,
+                                    "lr": trainer.lr})
+    trainer.history = list(history)
+    timings["train_s"] = sum(float(r.get("time", 0.0)) for r in history)
+    if root is not None:
+        write_history(root, history)
+    seconds = time.perf_counter() - start
+    log.info("fine_tune: recipe %s, %d epoch(s) in %.1f s", spec.name, len(history), seconds)
+    return FineTuneResult(model=model, recipe=spec.name, history=history, seconds=seconds,
+                          trainer=trainer, notes=notes, timings=timings)

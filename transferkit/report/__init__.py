@@ -1,0 +1,32 @@
+"""Report a run: a Markdown report, its confusion matrix and PNG plots.
+
+- :mod:`~transferkit.report.markdown`: :func:`write_report`;
+- :mod:`~transferkit.report.confusion`: :func:`confusion_matrix` and its checks;
+- :mod:`~transferkit.report.plots`: training curves, confusion matrix, misclassified
+  images (matplotlib, optional).
+
+This layer knows histories, tensors and files, not models or training: it imports only
+the base modules.
+"""
+
+from __future__ import annotations
+
+from transferkit.report.confusion import confusion_matrix
+from transferkit.report.markdown import write_report
+from transferkit.report.plots import (
+    PLOTS_SKIPPED,
+    matplotlib_available,
+    plot_confusion,
+    plot_history,
+    plot_misclassified,
+)
+
+__all__ = [
+    "PLOTS_SKIPPED",
+    "confusion_matrix",
+    "matplotlib_available",
+    "plot_confusion",
+    "plot_history",
+    "plot_misclassified",
+    "write_report",
+]

@@ -1,0 +1,112 @@
+"""The Trainer's per-epoch records: the monitored metric, the best epoch, the history files.
+
+Pure bookkeeping, no training: which history keys exist (:func:`monitor_keys`), whether
+an epoch improved on the best one and when to stop early (:func:`update_best`), how an
+epoch is logged (:func:`format_epoch`), and how the history is written to
+``history.json`` and ``history.csv`` (:func:`write_history`), atomically.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from transferkit._io import atomic_write_text
+from transferkit.errors import ConfigError, closest
+
+__all__ = [
+    "format_epoch",
+    "higher_is_better",
+    "monitor_keys",
+    "new_best",
+    "resolve_monitor",
+    "update_best",
+    "write_history",
+]
+
+
+def monitor_keys(topk: Sequence[int], *, has_val: bool) -> list[str]:
+    """Return the history keys a Trainer with these ``topk`` records every epoch.
+
+    Args:
+        topk: The ``k`` of the top-k accuracies (``k=1`` is ``*_acc``).
+        has_val: Whether validation data is evaluated.
+    """
+    keys = ["train_loss"] + ["train_acc" if k == 1 else f"train_top{k}" for k in topk]
+    if has_val:
+        keys += [k.replace("train", "val") for k in keys]
+    return keys
+
+
+def resolve_monitor(monitor: str | None, topk: Sequence[int], *, has_val: bool) -> str:
+    """Return the key that decides the best epoch (default: ``val_loss``, else ``train_loss``).
+
+    Raises:
+        ConfigError: ``monitor`` is not one of the history keys (with the closest one).
+    """
+    keys = monitor_keys(topk, has_val=has_val)
+    if monitor is None:
+        return "val_loss" if has_val else "train_loss"
+    if monitor not in keys:
+        raise ConfigError(
+            f"monitor={monitor!r} is not a history key; use one "
+            f"of {keys}.{closest(monitor, keys)}"
+        )
+    return monitor
+
+
+def higher_is_better(monitor: str) -> bool:
+    """Return whether larger values of ``monitor`` are better (accuracies)."""
+    return "acc" in monitor or "top" in monitor
+
+
+def new_best() -> dict[str, Any]:
+    """Return the bookkeeping of a run that has no epoch yet."""
+    return {"value": None, "epoch": None, "bad_epochs": 0}
+
+
+def update_best(
+    best: dict[str, Any], record: dict[str, Any], *, monitor: str, patience: int | None
+) -> bool:
+    """Update ``best`` in place with an epoch's ``record``; return whether to stop early.
+
+    Args:
+        best: ``{"value", "epoch", "bad_epochs"}`` (see :func:`new_best`).
+        record: The epoch's history record; ``record[monitor]`` is compared with the best.
+        monitor: The history key that decides.
+        patience: Stop after this many epochs without improvement; ``None``: never.
+    """
+    value, previous = record[monitor], best["value"]
+    if previous is None or (value > previous if higher_is_better(monitor) else value < previous):
+        best.update(value=value, epoch=record["epoch"], bad_epochs=0)
+        return False
+    best["bad_epochs"] += 1
+    return patience is not None and best["bad_epochs"] >= patience
+
+
+def format_epoch(record: dict[str, Any], epochs: int) -> str:
+    """Return the one log line of an epoch: ``epoch 2/10  lr 0.001  train_loss 0.3 ...``."""
+    parts = [f"epoch {record['epoch']}/{epochs}", f"lr {record['lr']:.3g}"]
+    parts += [f"{k} {v:.4f}" for k, v in record.items() if k not in ("epoch", "lr", "time")]
+    parts.append(f"time {record['time']:.1f}s")
+    return "  ".join(parts)
+
+
+def write_history(out_dir: Path, history: list[dict[str, Any]]) -> None:
+    """Write ``history.json`` and ``history.csv`` into ``out_dir``, each atomically.
+
+    Args:
+        out_dir: The run's folder (it must exist).
+        history: One record per epoch; the CSV has the union of their keys as columns.
+    """
+    atomic_write_text(out_dir / "history.json", json.dumps(history, indent=1))
+    buffer = io.StringIO()
+    fields = list(dict.fromkeys(k for r in history for k in r))
+    writer = csv.DictWriter(buffer, fieldnames=fields, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(history)
+    atomic_write_text(out_dir / "history.csv", buffer.getvalue())

@@ -1,0 +1,75 @@
+"""The Trainer's default optimizer and the length of its schedule, for every caller.
+
+The head trains at ``lr`` and the body at ``body_lr`` (see
+:func:`~transferkit.adaptation.groups.param_groups`, optionally with layer-wise decay); a
+model without a recognisable head gets one group at ``lr``. :func:`schedule_steps` counts
+the scheduler steps of a run the same way for a new run and for a resumed one. Recipes
+never build their own: they pass ``lr``, ``body_lr`` and ``layer_decay`` to the Trainer.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import torch
+from torch import nn
+
+from transferkit.adaptation.groups import param_groups
+from transferkit.errors import TransferKitError
+
+__all__ = ["default_optimizer", "schedule_steps"]
+
+log = logging.getLogger(__name__)
+
+
+def default_optimizer(
+    model: nn.Module,
+    lr: float,
+    body_lr: float,
+    *,
+    weight_decay: float,
+    layer_decay: float | None = None,
+) -> torch.optim.Optimizer:
+    """Build AdamW with the head at ``lr`` and the body at ``body_lr``.
+
+    Frozen parameters are included (with no gradient they are skipped by AdamW), so that
+    gradual unfreezing trains them later without rebuilding the optimizer. Biases and
+    norm parameters get no weight decay.
+
+    Args:
+        model: The model to optimise (a view trains its source model's parameters).
+        lr: Learning rate of the head (of everything when no head is recognised).
+        body_lr: Learning rate of the rest (of the last stage with ``layer_decay``).
+        weight_decay: AdamW weight decay of the decayed parameters.
+        layer_decay: Per-stage LR multiplier counted back from the head (``None``: off).
+    """
+    try:
+        groups = param_groups(model, lr, body_lr, weight_decay=weight_decay,
+                              layer_decay=layer_decay, include_frozen=True)
+    except TransferKitError as exc:  # e.g. no recognisable head: one group for all
+        if layer_decay is not None:
+            raise
+        log.info("one parameter group at lr=%g (%s)", lr, exc)
+        groups = [
+            {
+                "params": list(model.parameters()),
+                "lr": lr,
+                "weight_decay": weight_decay,
+                "name": "all",
+            }
+        ]
+    return torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay)
+
+
+def schedule_steps(batches: int, epochs: int, *, grad_accum: int, interval: str) -> int:
+    """Return the scheduler steps of ``epochs`` epochs of ``batches`` batches each.
+
+    Args:
+        batches: Batches per epoch.
+        epochs: Epochs of the whole run.
+        grad_accum: Micro-batches per optimizer step.
+        interval: ``"step"`` (one scheduler step per optimizer step) or ``"epoch"``.
+    """
+    per_epoch = math.ceil(batches / grad_accum) if interval == "step" else 1
+    return epochs * per_epoch

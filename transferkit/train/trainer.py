@@ -1,0 +1,704 @@
+"""A minimal, complete training loop for fine-tuning classifiers, in plain PyTorch.
+
+Reads straight through: :meth:`Trainer.fit` checks the data, sets up the schedule, maybe
+resumes, then loops over epochs; each epoch trains (:meth:`Trainer._train_epoch`),
+validates, updates the history and writes checkpoints. Events (see
+:mod:`transferkit.train.callbacks`) let user code hook in without subclassing.
+
+The Trainer knows nothing about backbones: it works with any ``nn.Module`` that maps a
+``(N, C, H, W)`` float batch to ``(N, num_classes)`` logits and any iterable of
+``(inputs, targets)`` batches, including a plain ``torch.utils.data.DataLoader``.
+
+The loop is here; its parts live in their own modules of :mod:`transferkit.train`:
+``batch_checks`` (the first-batch checks, ``set_epoch``), ``history`` (best epoch, early
+stopping, history files), ``state`` (the checkpoint format), ``schedules``, ``optim``,
+``devices``, ``distributed``, ``metrics`` and ``interrupts`` (Ctrl-C).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import logging
+import math
+import numbers
+import os
+import sys
+import time
+import warnings
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from transferkit import _validate
+from transferkit._io import atomic_write_bytes
+from transferkit.adaptation.freezing import GradualUnfreezing, freeze, freeze_state
+from transferkit.errors import ConfigError, DataError, NonFiniteLossError, closest
+from transferkit.train.batch_checks import check_first_batch, data_len, set_data_epoch
+from transferkit.train.callbacks import Callback, CallbackList
+from transferkit.train.checkpoint import get_rng_state, save_checkpoint, set_rng_state
+from transferkit.train.devices import PRECISION_DTYPES, Precision, autocast, select_device
+from transferkit.train.distributed import (
+    DistInfo,
+    all_reduce_sum,
+    check_same_length,
+    raise_together,
+    setup,
+    shard_for_evaluation,
+    shard_for_training,
+)
+from transferkit.train.history import (
+    format_epoch,
+    new_best,
+    resolve_monitor,
+    update_best,
+    write_history,
+)
+from transferkit.train.interrupts import sigint_requests_stop
+from transferkit.train.metrics import MetricSums
+from transferkit.train.optim import default_optimizer, schedule_steps
+from transferkit.train.schedules import stretch_schedule, warmup_cosine_scheduler
+from transferkit.train.state import CHECKPOINT_FORMAT, freeze_record, load_into, read_state
+
+__all__ = ["Trainer", "check_trainer_args"]
+
+log = logging.getLogger(__name__)
+
+
+class Trainer:
+    """Train, evaluate and checkpoint a classifier.
+
+    Args:
+        model: Any module mapping ``(N, C, H, W)`` floats to ``(N, num_classes)`` logits.
+        epochs: Epochs to train (``fit(epochs=...)`` overrides it).
+        lr: Learning rate of the head (of everything when the model has no known head).
+        body_lr: Learning rate of the rest; default ``lr * lr_ratio``.
+        lr_ratio: ``body_lr / lr`` when ``body_lr`` is not given.
+        layer_decay: Layer-wise LR decay of the default optimizer: body stage ``i``
+            counted back from the head gets ``body_lr * layer_decay**i`` (``None``: off).
+        weight_decay: AdamW weight decay (not applied to biases and norms by param_groups).
+        warmup: Fraction of the optimizer steps spent in linear warm-up (default schedule).
+        optimizer: Any torch optimizer; default AdamW over
+            ``param_groups(model, lr, body_lr, weight_decay=..., include_frozen=True)``.
+        scheduler: Any torch LR scheduler; default warm-up + cosine when the optimizer is
+            the default one, no scheduler otherwise.
+        scheduler_interval: Step the scheduler per optimizer ``"step"`` or per ``"epoch"``.
+        loss_fn: ``loss_fn(logits, targets) -> scalar``; default cross-entropy.
+        device: ``"auto"`` (CUDA > MPS > CPU) or a device.
+        precision: ``"fp32"``, ``"bf16"`` or ``"fp16"`` autocast (GradScaler for fp16 on CUDA).
+        grad_clip: Clip the gradient norm to this value.
+        grad_accum: Micro-batches per optimizer step.
+        channels_last: Use the channels-last memory format for model and inputs.
+        topk: The ``k`` of the top-k accuracies reported (``k=1`` is ``*_acc``).
+        monitor: History key that decides the best epoch; default ``"val_loss"``
+            (``"train_loss"`` without validation data). Keys with ``acc``/``top`` are maximised.
+        patience: Stop after this many epochs without improvement (``None``: never).
+        freeze: A freezing policy applied at the start of ``fit`` (see
+            :func:`transferkit.freeze`); the model's BatchNorm mode (``bn`` of
+            ``freeze_state(model)``) is kept.
+        unfreeze_every: Gradual unfreezing: one more stage every this many epochs.
+        callbacks: :class:`~transferkit.train.callbacks.Callback` instances.
+        out_dir: Folder for ``last.pt``, ``best.pt``, ``history.json`` and ``history.csv``.
+        seed: Seed of the per-epoch shuffling of DataLoaders (a pure function of seed and
+            epoch). The global RNGs are not reseeded: call ``torch.manual_seed`` yourself.
+        progress: Show a tqdm bar; default: when stderr is a terminal.
+
+    Example:
+        >>> import torch
+        >>> from torch import nn
+        >>> model = nn.Sequential(nn.Flatten(), nn.Linear(4, 3))
+        >>> data = [(torch.randn(8, 1, 2, 2), torch.randint(0, 3, (8,)))] * 2
+        >>> opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        >>> history = Trainer(model, epochs=2, optimizer=opt, device="cpu").fit(data)
+        >>> len(history)
+        2
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        epochs: int = 10,
+        lr: float = 1e-3,
+        body_lr: float | None = None,
+        lr_ratio: float = 0.1,
+        layer_decay: float | None = None,
+        weight_decay: float = 0.05,
+        warmup: float = 0.05,
+        optimizer: torch.optim.Optimizer | None = None,
+        scheduler: Any | None = None,
+        scheduler_interval: Literal["step", "epoch"] = "step",
+        loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+        device: str | torch.device = "auto",
+        precision: Precision = "fp32",
+        grad_clip: float | None = None,
+        grad_accum: int = 1,
+        channels_last: bool = False,
+        topk: Sequence[int] = (1, 5),
+        monitor: str | None = None,
+        patience: int | None = None,
+        freeze: str | None = None,
+        unfreeze_every: int | None = None,
+        callbacks: Iterable[Callback] = (),
+        out_dir: str | os.PathLike[str] | None = None,
+        seed: int = 0,
+        progress: bool | None = None,
+    ) -> None:
+        checked = _check_config(**{k: v for k, v in locals().items() if k not in ("self", "model")})
+        epochs, grad_accum, topk = checked["epochs"], checked["grad_accum"], checked["topk"]
+        patience, unfreeze_every = checked["patience"], checked["unfreeze_every"]
+
+        self.device = select_device(device, local_rank=int(os.environ.get("LOCAL_RANK", "0")))
+        self.dist: DistInfo = setup(self.device)
+        if self.dist.is_main:
+            log.info("device: %s (precision %s)", self.device, precision)
+        self.model = model.to(self.device)
+        if channels_last:
+            self.model.to(memory_format=torch.channels_last)
+        self.epochs, self.lr, self.weight_decay, self.warmup = epochs, lr, weight_decay, warmup
+        self.layer_decay = layer_decay
+        self.body_lr = body_lr if body_lr is not None else lr * lr_ratio
+        self.precision, self.grad_clip, self.grad_accum = precision, grad_clip, grad_accum
+        self.channels_last, self.topk, self.seed = channels_last, tuple(topk), seed
+        self.loss_fn = loss_fn if loss_fn is not None else nn.CrossEntropyLoss()
+        self.monitor, self._monitor_arg, self.patience = monitor, monitor, patience
+        self.freeze_policy, self.unfreeze_every = freeze, unfreeze_every
+        self.callbacks = CallbackList(callbacks)
+        self.out_dir = Path(out_dir) if out_dir is not None else None
+        self.progress = progress
+        self.scheduler_interval = scheduler_interval
+        self.optimizer = optimizer if optimizer is not None else self._default_optimizer()
+        self.scheduler = scheduler
+        self._default_schedule = optimizer is None and scheduler is None
+        use_scaler = precision == "fp16" and self.device.type == "cuda"
+        self.scaler = torch.amp.GradScaler("cuda") if use_scaler else None
+        if precision == "fp16" and not use_scaler:
+            warnings.warn(
+                f"precision='fp16' on {self.device.type} runs without a GradScaler, so small "
+                "gradients can underflow to zero. HINT: use precision='bf16' here.",
+                stacklevel=2,
+            )
+
+        # Training state; all of it goes into checkpoints.
+        self.epoch = 0  # the epoch being (or about to be) trained, 0-based
+        self.step = 0  # optimizer steps taken
+        self.batch_in_epoch = 0  # batches of the current epoch already trained
+        self.history: list[dict[str, Any]] = []
+        self.best: dict[str, Any] = new_best()
+        self.should_stop = False
+        self.interrupted = False
+        self.last_loss: float = float("nan")
+        self._sigint = False
+        self._unfreezer: Any = None
+        self._ddp: nn.Module | None = None
+        self._ddp_trainable: tuple[bool, ...] = ()
+        self._resume: dict[str, Any] | None = None
+        self._epoch_rng: dict[str, Any] | None = None
+        self._partial: torch.Tensor | None = None
+
+    # ----------------------------------------------------------------- public API
+    def fit(
+        self,
+        train: Iterable[Any],
+        val: Iterable[Any] | None = None,
+        *,
+        epochs: int | None = None,
+        resume: str | os.PathLike[str] | bool | None = None,
+    ) -> list[dict[str, Any]]:
+        """Train for ``epochs`` epochs, validating after each, and return the history.
+
+        Args:
+            train: Iterable of ``(inputs, targets)`` batches (re-iterated every epoch).
+            val: Validation batches, evaluated after every epoch.
+            epochs: Total epochs, counting those of a resumed run; default ``self.epochs``.
+            resume: A checkpoint path, or ``True`` for ``<out_dir>/last.pt``.
+
+        Returns:
+            One record per epoch: epoch, lr, train/val loss and accuracies, time.
+
+        Raises:
+            DataError: The first batch of ``train`` or ``val`` is empty or malformed.
+            ConfigError: ``epochs`` is not positive or ``monitor`` is unknown.
+            CheckpointError: ``resume`` cannot be read.
+            NonFiniteLossError: A loss became NaN or infinite (no checkpoint is written).
+            CallbackError: A callback raised.
+        """
+        epochs = self.epochs if epochs is None else _validate.positive_int("epochs", epochs)
+        train_data = shard_for_training(train, self.dist, seed=self.seed)
+        check_same_length(train_data, self.dist)
+        val_data = shard_for_evaluation(val, self.dist) if val is not None else None
+        error = None
+        try:  # every rank checks its own first batch; all raise if one fails
+            self._check_data(train_data, "train")
+            if val_data is not None:
+                self._check_data(val_data, "val")
+        except DataError as exc:
+            error = exc
+        raise_together(error, self.dist)
+        self._check_monitor(val is not None)
+        self._setup_schedule(train_data, epochs)
+        if self.freeze_policy is not None:
+            # Keep the BatchNorm mode the model has (freeze(..., bn="frozen") before fit).
+            freeze(self.model, self.freeze_policy, bn=freeze_state(self.model)["bn"])
+        if self.unfreeze_every is not None and self._unfreezer is None:
+            self._unfreezer = GradualUnfreezing(
+                self.model, every=self.unfreeze_every, bn=freeze_state(self.model)["bn"]
+            )
+            held = {id(p) for group in self.optimizer.param_groups for p in group["params"]}
+            missing = [n for n, p in self.model.named_parameters() if id(p) not in held]
+            if missing:
+                warnings.warn(
+                    f"unfreeze_every={self.unfreeze_every} but the optimizer lacks "
+                    f"{len(missing)} parameters (e.g. {missing[0]!r}); they will never train "
+                    "after unfreezing. HINT: build it over param_groups(..., "
+                    "include_frozen=True), or leave optimizer=None.",
+                    stacklevel=2,
+                )
+        if resume:
+            self._restore(resume)
+            self._fit_schedule_to(train_data, epochs)
+
+        self.should_stop = self.interrupted = self._sigint = False
+        try:
+            with self._sigint_handler():
+                self._fit_epochs(train_data, val_data, epochs)
+        finally:
+            # Drop the DDP wrapper: it holds the process group, whose Gloo threads must be
+            # joined by destroy_process_group() while Python is alive (a group left to
+            # interpreter shutdown can abort the process).
+            self._ddp = None
+        return self.history
+
+    def _fit_epochs(
+        self, train_data: Iterable[Any], val_data: Iterable[Any] | None, epochs: int
+    ) -> None:
+        self.callbacks.fire("on_fit_start", self)
+        while self.epoch < epochs and not self.should_stop:
+            if self._unfreezer is not None:
+                unfrozen = self._unfreezer.on_epoch_start(self.epoch)
+                if unfrozen and self.dist.is_main:
+                    log.info("epoch %d: unfroze %s", self.epoch + 1, ", ".join(unfrozen))
+            self.callbacks.fire("on_epoch_start", self)
+            start = time.perf_counter()
+            train_sums = self._train_epoch(train_data)
+            if self.interrupted:
+                self._save_interrupted()
+                break
+            record: dict[str, Any] = {"epoch": self.epoch + 1, "lr": self._lr()}
+            record.update(self._reduce(train_sums).result("train"))
+            if val_data is not None:
+                record.update(self._run_eval(val_data).result("val"))
+            record["time"] = time.perf_counter() - start
+            self.history.append(record)
+            self._update_best(record)
+            if self.scheduler is not None and self.scheduler_interval == "epoch":
+                self.scheduler.step()
+            self.epoch += 1
+            self.batch_in_epoch = 0
+            self.callbacks.fire("on_epoch_end", self)
+            self._log_epoch(record, epochs)
+            self._write_epoch_files(improved=self.best["epoch"] == record["epoch"])
+        self.callbacks.fire("on_fit_end", self)
+
+    @torch.no_grad()
+    def evaluate(self, data: Iterable[Any]) -> dict[str, float]:
+        """Return ``loss``, ``acc``, ``top<k>`` and ``count`` on ``data`` (eval mode, no grad).
+
+        Under DDP every rank evaluates its own share and the sums are all-reduced, so each
+        sample counts exactly once.
+        """
+        sums = self._run_eval(shard_for_evaluation(data, self.dist))
+        out = sums.result("")
+        out["count"] = sums.count
+        return out
+
+    @torch.no_grad()
+    def predict(self, data: Iterable[Any], *, probs: bool = True) -> torch.Tensor:
+        """Return the softmax probabilities (or logits) for every sample, in order, on CPU.
+
+        Args:
+            data: Batches of inputs, or of ``(inputs, targets)``.
+            probs: Return probabilities; ``False`` returns the raw logits.
+        """
+        was_training = self.model.training
+        self.model.eval()
+        outs = []
+        try:
+            for batch in data:
+                x = batch[0] if isinstance(batch, (tuple, list)) else batch
+                with self._autocast():
+                    logits = self.model(self._inputs(x)).float()
+                outs.append((logits.softmax(-1) if probs else logits).cpu())
+        finally:
+            self.model.train(was_training)
+        if not outs:
+            raise DataError("predict() got no batches; pass a non-empty iterable of inputs.")
+        return torch.cat(outs)
+
+    # ----------------------------------------------------------------- one epoch
+    def _train_epoch(self, data: Iterable[Any]) -> MetricSums:
+        model = self._train_module()
+        model.train()
+        sums = MetricSums(self.topk, self.device)
+        skip, resume = self.batch_in_epoch, self._resume
+        if resume is not None:
+            # Mid-epoch resume: replay the epoch's start exactly, skip what was trained.
+            set_rng_state(resume["epoch_rng"])
+            if self.dist.is_main:
+                sums.load(resume["partial"])
+        self._epoch_rng = get_rng_state()
+        skipped = set_data_epoch(data, self.epoch, start_batch=skip)
+        batches: Iterator[Any] = iter(data)
+        for _ in range(skip - skipped):  # loaders that cannot start mid-epoch: replay
+            next(batches)
+        if resume is not None:
+            set_rng_state(resume["rng"])
+            self._resume = None
+        n = data_len(data)
+        accum, pending = self.grad_accum, False
+        bar = self._bar(n, skip)
+        for i, (x, y) in enumerate(batches, start=skip):
+            x, y = self._inputs(x), y.to(self.device, non_blocking=True)
+            window_start = i - i % accum
+            window = accum if n is None else min(accum, n - window_start)
+            last = i - window_start == window - 1
+            sync = contextlib.nullcontext()
+            if isinstance(model, DistributedDataParallel) and not last:
+                sync = model.no_sync()  # all-reduce gradients once per optimizer step
+            with sync:
+                with self._autocast():
+                    logits = model(x)
+                    loss = self.loss_fn(logits, y)
+                stop = self._check_loss(loss, i)
+                self._backward(loss / window if window > 1 else loss)
+            sums.update(loss, logits, y)
+            pending = True
+            if last:
+                self._optimizer_step()
+                pending = False
+                self.batch_in_epoch = i + 1
+                if bar is not None:
+                    bar.update(window)
+                    bar.set_postfix(loss=f"{self.last_loss:.4f}", refresh=False)
+                self.callbacks.fire("on_batch_end", self)
+                if stop:
+                    self.interrupted = True
+                    # Whole-run sums of the partial epoch; on resume rank 0 alone restores them.
+                    self._partial = self._reduce(sums).packed()
+                    break
+        if pending:  # an iterable without len() ended inside an accumulation window
+            self._optimizer_step()
+        if bar is not None:
+            bar.close()
+        return sums
+
+    def _check_loss(self, loss: torch.Tensor, batch: int) -> bool:
+        # One host sync per batch: names the exact step on NaN/Inf and, under DDP, lets all
+        # ranks agree to stop (or to raise) together instead of hanging in a collective.
+        value = loss.item()
+        nonfinite, stop = not math.isfinite(value), self._sigint
+        if self.dist.enabled:
+            flags = torch.tensor([float(nonfinite), float(stop)], device=loss.device)
+            nonfinite, stop = (bool(v) for v in all_reduce_sum(flags, self.dist).tolist())
+        if nonfinite:
+            raise NonFiniteLossError(
+                f"The loss became {loss.item()} at epoch {self.epoch + 1}, step {self.step + 1} "
+                f"(batch {batch + 1} of the epoch); training stopped and no checkpoint was "
+                f"written, so the last good one in {str(self.out_dir)!r} is untouched. Try a "
+                "lower lr, grad_clip=1.0 or precision='fp32', and check the data for NaN."
+            )
+        self.last_loss = value
+        return stop
+
+    def _backward(self, loss: torch.Tensor) -> None:
+        if self.scaler is not None:
+            self.scaler.scale(loss).backward()
+        else:
+            loss.backward()
+
+    def _optimizer_step(self) -> None:
+        if self.scaler is not None:
+            if self.grad_clip is not None:
+                self.scaler.unscale_(self.optimizer)
+                nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            if self.grad_clip is not None:
+                nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
+            self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.scheduler is not None and self.scheduler_interval == "step":
+            self.scheduler.step()
+        self.step += 1
+
+    def _run_eval(self, data: Iterable[Any]) -> MetricSums:
+        # The unwrapped model: no DDP collectives, so ranks may hold different batch counts.
+        was_training = self.model.training
+        self.model.eval()
+        sums = MetricSums(self.topk, self.device)
+        try:
+            with torch.no_grad():
+                for x, y in data:
+                    x, y = self._inputs(x), y.to(self.device, non_blocking=True)
+                    with self._autocast():
+                        logits = self.model(x)
+                        loss = self.loss_fn(logits, y)
+                    sums.update(loss.float(), logits.float(), y)
+        finally:
+            self.model.train(was_training)
+        return self._reduce(sums)
+
+    # ----------------------------------------------------------------- helpers
+    def _inputs(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.to(self.device, non_blocking=True)
+        if self.channels_last and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x
+
+    def _autocast(self) -> contextlib.AbstractContextManager[Any]:
+        return autocast(self.device, self.precision)
+
+    def _reduce(self, sums: MetricSums) -> MetricSums:
+        if self.dist.enabled:
+            sums.load(all_reduce_sum(sums.packed(), self.dist))
+        return sums
+
+    def _lr(self) -> float:
+        return float(self.optimizer.param_groups[0]["lr"])
+
+    def _train_module(self) -> nn.Module:
+        if not self.dist.enabled:
+            return self.model
+        trainable = tuple(p.requires_grad for p in self.model.parameters())
+        if self._ddp is None or trainable != self._ddp_trainable:
+            # DDP only syncs parameters that required grad when wrapped: rewrap after
+            # (gradual) unfreezing changes that set.
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self._ddp = DistributedDataParallel(self.model, device_ids=ids)
+            self._ddp_trainable = trainable
+        return self._ddp
+
+    def _default_optimizer(self) -> torch.optim.Optimizer:
+        return default_optimizer(self.model, self.lr, self.body_lr, weight_decay=self.weight_decay,
+                                 layer_decay=self.layer_decay)
+
+    def _schedule_steps(self, data: Iterable[Any], epochs: int) -> int | None:
+        """Return the scheduler steps of ``epochs`` epochs of ``data`` (``None``: no len())."""
+        n = data_len(data)
+        if n is None:
+            return None
+        return schedule_steps(n, epochs, grad_accum=self.grad_accum,
+                              interval=self.scheduler_interval)
+
+    def _fit_schedule_to(self, data: Iterable[Any], epochs: int) -> None:
+        """After a resume, end a restored warm-up + cosine schedule at this run's last step."""
+        total = self._schedule_steps(data, epochs)
+        if self.scheduler is None or total is None:
+            return
+        previous = stretch_schedule(self.scheduler, total)
+        if previous is not None and self.dist.is_main:
+            log.warning(
+                "resume: the checkpoint's LR schedule ends at step %d, this run (epochs=%d) "
+                "at step %d; the cosine now decays from step %d to %d",
+                previous, epochs, total, self.scheduler.last_epoch, total,
+            )
+
+    def _setup_schedule(self, data: Iterable[Any], epochs: int) -> None:
+        if not self._default_schedule or self.scheduler is not None:
+            return
+        total = self._schedule_steps(data, epochs)
+        if total is None:
+            log.warning("train data has no len(): constant LR (pass scheduler= to change it)")
+            self._default_schedule = False
+            return
+        self.scheduler = warmup_cosine_scheduler(
+            self.optimizer, total_steps=total, warmup=self.warmup
+        )
+
+    def _bar(self, total: int | None, initial: int) -> Any:
+        show = self.progress if self.progress is not None else sys.stderr.isatty()
+        if not (show and self.dist.is_main):
+            return None
+        from tqdm.auto import tqdm
+
+        return tqdm(total=total, initial=initial, desc=f"epoch {self.epoch + 1}", leave=False)
+
+    def _sigint_handler(self) -> contextlib.AbstractContextManager[None]:
+        def request() -> None:
+            self._sigint = True
+
+        return sigint_requests_stop(request, lambda: self._sigint)
+
+    # ----------------------------------------------------------------- bookkeeping
+    def _check_monitor(self, has_val: bool) -> None:
+        self.monitor = resolve_monitor(self._monitor_arg, self.topk, has_val=has_val)
+
+    def _update_best(self, record: dict[str, Any]) -> None:
+        if update_best(self.best, record, monitor=self.monitor, patience=self.patience):
+            self.should_stop = True
+            if self.dist.is_main:
+                log.info(
+                    "early stopping: %s did not improve for %d epochs (best %.4g at epoch %d)",
+                    self.monitor,
+                    self.patience,
+                    self.best["value"],
+                    self.best["epoch"],
+                )
+
+    def _log_epoch(self, record: dict[str, Any], epochs: int) -> None:
+        if self.dist.is_main:
+            log.info(format_epoch(record, epochs))
+
+    def _write_epoch_files(self, *, improved: bool) -> None:
+        if self.out_dir is None or not self.dist.is_main:
+            return
+        last = save_checkpoint(self.state_dict(), self.out_dir / "last.pt")
+        if improved:
+            atomic_write_bytes(self.out_dir / "best.pt", last.read_bytes())
+        write_history(self.out_dir, self.history)
+
+    def _save_interrupted(self) -> None:
+        if not self.dist.is_main:
+            return
+        if self.out_dir is None:
+            log.warning("interrupted at step %d; no out_dir, so no checkpoint", self.step)
+            return
+        path = save_checkpoint(self.state_dict(), self.out_dir / "last.pt")
+        log.warning(
+            "interrupted at epoch %d step %d; resume with fit(..., resume=%r)",
+            self.epoch + 1,
+            self.step,
+            str(path),
+        )
+
+    def state_dict(self) -> dict[str, Any]:
+        """Return everything needed to resume, as tensors and plain values."""
+        mid_epoch = self.batch_in_epoch > 0
+        return {
+            "format": CHECKPOINT_FORMAT,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
+            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
+            "epoch": self.epoch,
+            "step": self.step,
+            "batch_in_epoch": self.batch_in_epoch,
+            "rng": get_rng_state(),
+            "epoch_rng": self._epoch_rng if mid_epoch else None,
+            "partial": self._partial.cpu() if mid_epoch and self._partial is not None else None,
+            "freeze": freeze_record(self.model),
+            "history": self.history,
+            "best": dict(self.best),
+            "seed": self.seed,
+        }
+
+    def _restore(self, resume: str | os.PathLike[str] | bool) -> None:
+        if resume is True:
+            if self.out_dir is None:
+                raise ConfigError("resume=True needs out_dir; pass resume='path/to/last.pt'.")
+            resume = self.out_dir / "last.pt"
+        path = Path(resume)  # type: ignore[arg-type]
+        state = read_state(path)
+        load_into(
+            state,
+            model=self.model,
+            optimizer=self.optimizer,
+            scheduler=self.scheduler,
+            scaler=self.scaler,
+            path=path,
+        )
+        if state.get("seed", self.seed) != self.seed:
+            warnings.warn(
+                f"The checkpoint was trained with seed={state['seed']} but this Trainer has "
+                f"seed={self.seed}, so the data order changes from here. HINT: pass "
+                f"Trainer(..., seed={state['seed']}) for an exact resume.",
+                stacklevel=3,
+            )
+        self.epoch, self.step = state["epoch"], state["step"]
+        self.batch_in_epoch = state["batch_in_epoch"]
+        self.history, self.best = list(state["history"]), dict(state["best"])
+        if self.batch_in_epoch:
+            self._resume = {
+                "rng": state["rng"],
+                "epoch_rng": state["epoch_rng"],
+                "partial": state["partial"],
+            }
+        else:
+            set_rng_state(state["rng"])
+        if self.dist.is_main:
+            log.info("resumed from %s at epoch %d, step %d", path, self.epoch + 1, self.step)
+
+    def _check_data(self, data: Iterable[Any], split: str) -> int:
+        """Check the first batch before any training; return the model's class count."""
+        return check_first_batch(
+            self.model,
+            data,
+            split,
+            to_device=self._inputs,
+            autocast=self._autocast,
+            allow_empty=split == "val" and self.dist.enabled,
+        )
+
+
+def _check_config(**values: Any) -> dict[str, Any]:
+    """Check the Trainer's arguments (all but the model); return the normalised ones."""
+    v = dict(values)
+    for name in ("epochs", "grad_accum"):
+        v[name] = _validate.positive_int(name, v[name])
+    for name in ("patience", "unfreeze_every"):
+        v[name] = _validate.optional_positive_int(name, v[name])
+    _validate.rate("lr", v["lr"], allow_zero=False, example=1e-3)
+    if v["body_lr"] is not None:
+        _validate.rate("body_lr", v["body_lr"], allow_zero=False, example=1e-4)
+    _validate.rate("lr_ratio", v["lr_ratio"], allow_zero=False, example=0.1)
+    if v["layer_decay"] is not None:
+        _validate.rate("layer_decay", v["layer_decay"], allow_zero=False, upper=1.0, example=0.7)
+    _validate.rate("weight_decay", v["weight_decay"], example=0.05)
+    _validate.probability("warmup", v["warmup"])
+    if v["grad_clip"] is not None:
+        _validate.rate("grad_clip", v["grad_clip"], allow_zero=False, example=1.0)
+    _validate.choice("precision", v["precision"], PRECISION_DTYPES)
+    _validate.choice("scheduler_interval", v["scheduler_interval"], ("step", "epoch"))
+    topk = tuple(v["topk"]) if isinstance(v["topk"], Iterable) else ()
+    if not topk or any(isinstance(k, bool) or not isinstance(k, numbers.Integral) or k < 1
+                       for k in topk):
+        raise ConfigError(f"topk must be positive integers, got {v['topk']!r}; e.g. topk=(1, 5).")
+    v["topk"] = tuple(int(k) for k in topk)
+    _validate.flag("channels_last", v["channels_last"])
+    try:
+        select_device(v["device"])
+    except (RuntimeError, TypeError, ValueError) as exc:
+        raise ConfigError(f"device={v['device']!r} is not a device: {exc}; e.g. 'cpu'.") from exc
+    CallbackList(v["callbacks"])  # raises ConfigError on a bad callback
+    return v
+
+
+def check_trainer_args(*, has_val: bool | None = None, **kwargs: Any) -> None:
+    """Check keyword arguments for :class:`Trainer` without building one (nothing changes).
+
+    Args:
+        has_val: Whether validation data will be passed to ``fit`` (to check ``monitor``);
+            ``None`` skips that check.
+        **kwargs: Trainer arguments (all but ``model``).
+
+    Raises:
+        ConfigError: An unknown argument (the closest one is named) or a bad value.
+
+    Example:
+        >>> check_trainer_args(epochs=2, lr=1e-3, monitor="val_acc", has_val=True)
+    """
+    params = inspect.signature(Trainer.__init__).parameters
+    names = [n for n in params if n not in ("self", "model")]
+    for key in kwargs:
+        if key not in names:
+            raise ConfigError(f"Trainer takes no argument {key!r}; it takes {sorted(names)}."
+                              + closest(key, names))
+    values = {**{n: params[n].default for n in names}, **kwargs}
+    checked = _check_config(**values)
+    if has_val is not None:
+        resolve_monitor(checked["monitor"], checked["topk"], has_val=has_val)
