@@ -80,7 +80,8 @@ class Trainer:
         lr_ratio: ``body_lr / lr`` when ``body_lr`` is not given.
         layer_decay: Layer-wise LR decay of the default optimizer: body stage ``i``
             counted back from the head gets ``body_lr * layer_decay**i`` (``None``: off).
-        weight_decay: AdamW weight decay (not applied to biases and norms by param_groups).
+        weight_decay: AdamW weight decay (not applied to biases, norms and what the model's
+            ``no_weight_decay()`` names, see ``param_groups``).
         warmup: Fraction of the optimizer steps spent in linear warm-up (default schedule).
         optimizer: Any torch optimizer; default AdamW over
             ``param_groups(model, lr, body_lr, weight_decay=..., include_frozen=True)``.
