@@ -13,12 +13,8 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from transferkit.errors import ConfigError
-from transferkit.train.distributed import (
-    DistInfo,
-    EvalShardSampler,
-    shard_for_evaluation,
-    shard_for_training,
-)
+from transferkit.train.distributed import DistInfo, shard_for_evaluation, shard_for_training
+from transferkit.train.samplers import EvalShardSampler
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -62,20 +58,21 @@ def test_single_process_leaves_data_alone():
     assert shard_for_evaluation(data, DistInfo()) is data
 
 
-def test_ddp_two_processes_on_cpu(tmp_path):
-    torchrun = Path(sys.executable).with_name("torchrun")
-    if not torchrun.exists():
+def torchrun(script: str, out_dir: Path) -> None:
+    """Run ``tests/scripts/<script>`` in 2 CPU processes; fail with its stderr."""
+    launcher = Path(sys.executable).with_name("torchrun")
+    if not launcher.exists():
         pytest.skip("torchrun is not installed next to the Python interpreter")
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     for key in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(key, None)
     proc = subprocess.run(
         [
-            str(torchrun),
+            str(launcher),
             "--standalone",
             "--nproc_per_node=2",
-            str(ROOT / "tests" / "scripts" / "ddp_train.py"),
-            str(tmp_path),
+            str(ROOT / "tests" / "scripts" / script),
+            str(out_dir),
         ],
         check=False,
         capture_output=True,
@@ -84,6 +81,10 @@ def test_ddp_two_processes_on_cpu(tmp_path):
         timeout=180,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+def test_ddp_two_processes_on_cpu(tmp_path):
+    torchrun("ddp_train.py", tmp_path)
     result = json.loads((tmp_path / "result.json").read_text())
     assert result["identical"] is True  # parameters equal on both ranks
     assert result["loader_count"] == 23 and result["list_count"] == 23  # odd size, once each
@@ -129,3 +130,38 @@ def test_loaders_that_shard_themselves_are_respected():
         shard_for_training(Sharded(0, 3), DistInfo(1, 2), seed=0)
     with pytest.raises(ConfigError, match="rank 1 of 2"):
         shard_for_training(Sharded(1, 2), DistInfo(), seed=0)  # half the data, single process
+
+
+def test_ddp_respects_the_users_samplers(tmp_path):
+    torchrun("ddp_samplers.py", tmp_path)
+    ranks = json.loads((tmp_path / "samplers.json").read_text())
+
+    def per_epoch(case, split):
+        return list(zip(*(r[case][split] for r in ranks), strict=True))
+
+    # A SubsetRandomSampler train/val split: nothing outside its subset, each index once.
+    for epoch in per_epoch("subset", "train"):
+        assert [len(s) for s in epoch] == [5, 5]
+        assert sorted(epoch[0] + epoch[1]) == list(range(10))
+    assert per_epoch("subset", "train")[0] != per_epoch("subset", "train")[1]  # reshuffled
+    for epoch in [*per_epoch("subset", "val"), [r["subset"]["evaluate"] for r in ranks]]:
+        assert [len(s) for s in epoch] == [5, 4]  # not padded: 9 indices, once each
+        assert sorted(epoch[0] + epoch[1]) == list(range(90, 99))
+    assert [r["subset"]["evaluate_count"] for r in ranks] == [9, 9]
+    assert [r["subset"]["steps"] for r in ranks] == [6, 6]  # 5 per rank -> 3 batches x 2
+    # A WeightedRandomSampler: zero-weight (even) indices never drawn, 16 per epoch in all.
+    for epoch in per_epoch("weighted", "train"):
+        assert [len(s) for s in epoch] == [8, 8]
+        assert all(i % 2 == 1 for i in epoch[0] + epoch[1])
+    # A batch sampler over a subset: 4 whole batches dealt out, nothing outside the subset.
+    for epoch in per_epoch("batches", "train"):
+        assert sorted(epoch[0] + epoch[1]) == list(range(20, 30))
+    assert [r["batches"]["steps"] for r in ranks] == [4, 4]
+    # A sampler whose ranks draw differently (Python's random, seeded per rank): refused.
+    for r in ranks:
+        assert r["python_random"].startswith(
+            "The ranks drew different indices from the train loader's PythonRandom, so their "
+            "shares would overlap and miss samples."
+        )
+    # Stopped mid-epoch and resumed: the same parameters as a straight run.
+    assert [r["resume"] for r in ranks] == [{"stopped_at": [8, 3], "steps": 15, "same": True}] * 2

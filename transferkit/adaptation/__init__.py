@@ -7,7 +7,8 @@
   the input layers and the stages are found and changed;
 - :mod:`~transferkit.adaptation.freezing`: freezing policies, frozen BatchNorm, gradual
   unfreezing;
-- :mod:`~transferkit.adaptation.groups`: discriminative and layer-wise learning rates.
+- :mod:`~transferkit.adaptation.groups`: discriminative and layer-wise learning rates, and
+  which parameters get no weight decay.
 
 This layer knows models, not training: it imports only the base modules (errors,
 validation, environment).
@@ -33,7 +34,7 @@ from transferkit.adaptation.freezing import (
     load_freeze_state,
     unfreeze,
 )
-from transferkit.adaptation.groups import param_groups, param_groups_table
+from transferkit.adaptation.groups import no_weight_decay_names, param_groups, param_groups_table
 from transferkit.adaptation.input_layer import adapt_channel_stats, adapt_input_weight
 
 __all__ = [
@@ -50,6 +51,7 @@ __all__ = [
     "freezing_summary",
     "get_info",
     "load_freeze_state",
+    "no_weight_decay_names",
     "param_groups",
     "param_groups_table",
     "recorded_info",

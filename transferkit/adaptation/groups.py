@@ -2,8 +2,12 @@
 
 The new head learns with ``head_lr``, the pretrained body with ``body_lr``.
 With ``layer_decay=d``, body stage ``i`` counted back from the head (the last
-stage is ``i=0``) gets ``body_lr * d**i``. Biases and normalisation parameters
-(every parameter with fewer than two dimensions) get no weight decay, as in timm.
+stage is ``i=0``) gets ``body_lr * d**i``. As in timm's optimizer factory, weight
+decay skips biases and normalisation parameters (every parameter with fewer than two
+dimensions) and what the model exempts itself: the names returned by a
+``no_weight_decay()`` method of the model or of any submodule (timm's ViT:
+``pos_embed``, ``cls_token``; Swin: its ``relative_position_bias_table``), see
+:func:`no_weight_decay_names`.
 
 Torch LR schedulers scale each group's own initial LR, so the ratios between
 groups survive them; with ``OneCycleLR`` pass ``max_lr=[g["lr"] for g in groups]``.
@@ -11,12 +15,66 @@ groups survive them; with ``OneCycleLR`` pass ``max_lr=[g["lr"] for g in groups]
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from fnmatch import fnmatchcase
+
 from torch import nn
 
 from transferkit import _validate
 from transferkit.adaptation.core import get_info, unwrap
+from transferkit.errors import ConfigError
 
-__all__ = ["param_groups", "param_groups_table"]
+__all__ = ["no_weight_decay_names", "param_groups", "param_groups_table"]
+
+
+def no_weight_decay_names(model: nn.Module) -> frozenset[str]:
+    """Return the names of the parameters that get no weight decay.
+
+    Those with fewer than two dimensions (biases, norm weights), and those named by a
+    ``no_weight_decay()`` method of the model or of any of its submodules: a set of
+    parameter names relative to that module (``"pos_embed"``), which may also be
+    ``fnmatch`` patterns (``"pos_embed.*"``), as timm's optimizer factory reads them. A
+    submodule's names are prefixed with its own (``backbone.pos_embed``). Names that match
+    no parameter are ignored (timm's ViT names ``dist_token`` even without one).
+
+    Args:
+        model: A model, possibly wrapped in DDP or a view.
+
+    Returns:
+        Qualified parameter names, as in ``model.named_parameters()``.
+
+    Raises:
+        ConfigError: A ``no_weight_decay()`` returned something other than a collection
+            of strings.
+
+    Example:
+        >>> import timm
+        >>> from transferkit.adaptation import no_weight_decay_names
+        >>> vit = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=32)
+        >>> sorted(n for n in no_weight_decay_names(vit) if "blocks" not in n)
+        ['cls_token', 'head.bias', 'norm.bias', 'norm.weight', 'patch_embed.proj.bias', 'pos_embed']
+    """
+    inner = unwrap(model)
+    patterns: list[str] = []
+    for prefix, module in inner.named_modules():
+        method = getattr(module, "no_weight_decay", None)
+        if not callable(method):
+            continue
+        value = method()
+        names = None if isinstance(value, str) or not isinstance(value, Iterable) else list(value)
+        if names is None or not all(isinstance(n, str) for n in names):
+            where = f"submodule {prefix!r}" if prefix else "the model"
+            raise ConfigError(
+                f"{type(module).__name__}.no_weight_decay() of {where} returned "
+                f"{value!r}; it must return a set of parameter names (or fnmatch "
+                "patterns) relative to that module, e.g. {'pos_embed', 'cls_token'}."
+            )
+        patterns += [f"{prefix}.{n}" if prefix else n for n in names]
+    return frozenset(
+        name
+        for name, param in inner.named_parameters()
+        if param.ndim < 2 or any(fnmatchcase(name, pat) for pat in patterns)
+    )
 
 
 def param_groups(
@@ -38,7 +96,8 @@ def param_groups(
         model: An adapted model (see :func:`transferkit.adapt`), possibly wrapped in DDP.
         head_lr: LR of the output layer(s).
         body_lr: LR of the pretrained body (of its last stage with ``layer_decay``).
-        weight_decay: Weight decay of weights; biases and norm parameters get 0.
+        weight_decay: Weight decay of weights; biases, norm parameters and what the
+            model's ``no_weight_decay()`` names get 0 (see :func:`no_weight_decay_names`).
         layer_decay: Multiplier per stage counted back from the head, in (0, 1].
         include_frozen: Also put parameters with ``requires_grad=False`` into the groups.
 
@@ -64,6 +123,7 @@ def param_groups(
     heads = tuple(h + "." for h in info.head_modules)
     stage_of = {p: i for i, s in enumerate(info.stages) for p in s.params}
     last = len(info.stages) - 1
+    exempt = no_weight_decay_names(inner) if weight_decay else frozenset()
     groups: dict[str, dict] = {}
     for name, param in inner.named_parameters():
         if not param.requires_grad and not include_frozen:
@@ -76,7 +136,7 @@ def param_groups(
             i = stage_of.get(name, last)
             key = f"stage{i}:{info.stages[i].name.split(':', 1)[-1]}"
             lr = body_lr * layer_decay ** (last - i)
-        decay = weight_decay if param.ndim > 1 else 0.0
+        decay = 0.0 if name in exempt else weight_decay
         if weight_decay and not decay:
             key += "/no_decay"
         group = groups.setdefault(

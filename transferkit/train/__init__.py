@@ -8,8 +8,9 @@
   optimizer and warm-up + cosine schedule (the one builder the recipes use too);
 - :mod:`~transferkit.train.batch_checks`, :mod:`~transferkit.train.history`,
   :mod:`~transferkit.train.metrics`, :mod:`~transferkit.train.devices`,
-  :mod:`~transferkit.train.interrupts`, :mod:`~transferkit.train.distributed`: the parts of
-  the loop.
+  :mod:`~transferkit.train.interrupts`, :mod:`~transferkit.train.distributed` (with
+  :mod:`~transferkit.train.samplers`, each rank's share of a DataLoader): the parts of the
+  loop.
 
 This layer uses :mod:`transferkit.adaptation` (freezing, parameter groups) and knows nothing
 about backbones: it never imports :mod:`transferkit.backbones`.

@@ -3,17 +3,35 @@
 The Trainer calls :func:`setup` once; when ``WORLD_SIZE`` > 1 it initialises
 ``torch.distributed`` (NCCL on CUDA, Gloo on CPU). Data is sharded per rank here:
 
-* a ``torch.utils.data.DataLoader`` is rebuilt with a sampler that gives each rank its
-  share. For training the share is a per-epoch reshuffle that is a pure function of
-  ``(seed, epoch)`` and has the same length on every rank (DDP needs the same number of
-  steps everywhere). For evaluation the sampler does not pad, so every sample is counted
-  exactly once even when the data set size is not a multiple of the world size;
+* a ``torch.utils.data.DataLoader`` over a map-style data set is rebuilt with a sampler
+  that gives each rank its share, and respects the loader's own sampler:
+
+  - a plain shuffle (``shuffle=True``) becomes a per-epoch reshuffle that is a pure
+    function of ``(seed, epoch)``, and a plain order (``shuffle=False``) is dealt out
+    ``r, r + W, ...``;
+  - any other sampler (``SubsetRandomSampler``, ``WeightedRandomSampler``, a
+    ``RandomSampler`` with replacement, your own) and any batch sampler is drawn whole on
+    every rank from a generator seeded by ``(seed, epoch)``, so every rank draws the same
+    list, and each rank keeps its items ``r, r + W, ...`` (batches stay whole; see
+    :mod:`transferkit.train.samplers`). :func:`check_same_draw` verifies that the ranks
+    did draw the same list;
+  - a ``DistributedSampler`` of the user's (also inside a batch sampler) already shards:
+    it is used as it is when it is built for this rank, refused otherwise.
+
+  For training every rank gets the same number of batches (DDP needs the same number of
+  steps everywhere: the list is padded by repeating its first items, as
+  ``DistributedSampler`` does); for evaluation nothing is padded, so every sample is
+  counted exactly once even when the data set size is not a multiple of the world size;
 * an object with ``rank`` and ``world_size`` attributes (like
   :class:`transferkit.data.pipeline.TensorLoader`) is taken as already sharded when they match
   this process; built for one process, it is split batch by batch (with a warning);
 * an object with a ``shard(rank, world_size)`` method is asked for its shard;
-* any other iterable of batches is split batch by batch (batch ``i`` goes to rank
-  ``i % world_size``); for training the tail that cannot be split evenly is dropped.
+* any other iterable of batches (a DataLoader over an ``IterableDataset`` included) is
+  split batch by batch (batch ``i`` goes to rank ``i % world_size``); for training the
+  tail that cannot be split evenly is dropped.
+
+In a single process, a plain shuffle is rebuilt the same way (reproducible and resumable)
+and every other loader is used as it is.
 """
 
 from __future__ import annotations
@@ -30,14 +48,15 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
-from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, Sampler
+from torch.utils.data import DataLoader, IterableDataset
 
 from transferkit.errors import ConfigError, DataError
+from transferkit.train.samplers import find_share, fingerprint, shard_loader
 
 __all__ = [
     "DistInfo",
-    "EvalShardSampler",
     "all_reduce_sum",
+    "check_same_draw",
     "check_same_length",
     "cleanup",
     "raise_together",
@@ -172,53 +191,44 @@ def all_reduce_sum(tensor: torch.Tensor, info: DistInfo) -> torch.Tensor:
     return tensor
 
 
-class EvalShardSampler(Sampler[int]):
-    """Give rank ``r`` the indices ``r, r + W, r + 2W, ...`` without padding.
+def check_same_draw(data: Iterable[Any], info: DistInfo, split: str = "train") -> None:
+    """Raise if the ranks drew different lists from a user's sampler (shares would overlap).
 
-    Every index belongs to exactly one rank, so summed metrics count each sample once.
+    The Trainer seeds torch's generators for every rank's draw (see
+    :func:`~transferkit.train.samplers.draw`); a sampler that draws from another random
+    source (Python's ``random``, NumPy) seeded differently per rank would silently give
+    ranks overlapping shares. This compares a checksum of this epoch's list on all ranks.
 
     Args:
-        length: The data set size.
-        rank: This process's rank.
-        world_size: The number of processes.
+        data: This rank's shard, as returned by :func:`shard_for_training` or
+            :func:`shard_for_evaluation`.
+        info: This process's place in the run.
+        split: ``"train"``, ``"val"`` or ``"evaluation"``, for the message.
+
+    Raises:
+        ConfigError: The ranks drew different lists.
     """
-
-    def __init__(self, length: int, rank: int, world_size: int) -> None:
-        self.length, self.rank, self.world_size = length, rank, world_size
-
-    def __iter__(self) -> Iterator[int]:
-        return iter(range(self.rank, self.length, self.world_size))
-
-    def __len__(self) -> int:
-        return max(0, math.ceil((self.length - self.rank) / self.world_size))
-
-
-def _rebuild(loader: DataLoader, sampler: Sampler[int]) -> DataLoader:
-    # DataLoader forbids replacing its sampler after construction, so build a twin.
-    kwargs: dict[str, Any] = {
-        "batch_size": loader.batch_size,
-        "drop_last": loader.drop_last,
-        "collate_fn": loader.collate_fn,
-        "num_workers": loader.num_workers,
-        "pin_memory": loader.pin_memory,
-        "timeout": loader.timeout,
-        "worker_init_fn": loader.worker_init_fn,
-        "generator": loader.generator,
-        "persistent_workers": loader.persistent_workers,
-    }
-    if loader.num_workers > 0:
-        kwargs["prefetch_factor"] = loader.prefetch_factor
-        kwargs["multiprocessing_context"] = loader.multiprocessing_context
-    return DataLoader(loader.dataset, sampler=sampler, **kwargs)
+    if not info.enabled:
+        return
+    share = find_share(data)
+    value = -1 if share is None else fingerprint(share.drawn())
+    sums = torch.tensor([value, -value], dtype=torch.int64)
+    dist.all_reduce(sums, op=dist.ReduceOp.MAX)
+    if int(sums[0]) != -int(sums[1]):
+        name = "sampler" if share is None else type(share.sampler).__name__
+        raise ConfigError(
+            f"The ranks drew different indices from the {split} loader's {name}, so their "
+            "shares would overlap and miss samples. The Trainer seeds torch's generators "
+            "(the global one, and the sampler's `generator` attribute) by (seed, epoch) for "
+            "every rank's draw, so this sampler draws from another source (Python's random, "
+            "NumPy). Draw with torch (torch.randperm, torch.multinomial, or a `generator` "
+            "attribute), or seed that source the same on every rank."
+        )
 
 
-def _is_plain_loader(data: Any) -> bool:
-    # A custom batch_sampler (batch_size None) or an iterable dataset cannot be resampled.
-    return (
-        isinstance(data, DataLoader)
-        and data.batch_size is not None
-        and not isinstance(data.dataset, torch.utils.data.IterableDataset)
-    )
+def _is_map_loader(data: Any) -> bool:
+    # A DataLoader over an iterable data set has no sampler to shard: split by batch.
+    return isinstance(data, DataLoader) and not isinstance(data.dataset, IterableDataset)
 
 
 class _BatchShard:
@@ -283,20 +293,13 @@ def shard_for_training(data: Iterable[Any], info: DistInfo, *, seed: int) -> Ite
         data: A DataLoader, an object with ``shard(rank, world_size)``, or any iterable.
         info: This process's place in the run.
         seed: The shuffling seed (the same on every rank).
+
+    Raises:
+        ConfigError: ``data`` is sharded (a DistributedSampler, or ``rank`` and
+            ``world_size`` attributes) for another rank or world size.
     """
-    if _is_plain_loader(data):
-        shuffle = isinstance(data.sampler, RandomSampler)
-        if not info.enabled and not shuffle:
-            return data
-        sampler = DistributedSampler(
-            data.dataset,
-            num_replicas=info.world_size,
-            rank=info.rank,
-            shuffle=shuffle,
-            seed=seed,
-            drop_last=False,
-        )
-        return _rebuild(data, sampler)
+    if _is_map_loader(data):
+        return shard_loader(data, info.rank, info.world_size, seed=seed, train=True)
     own = _own_sharding(data, info, "train")
     if own is not None:
         return own
@@ -307,20 +310,25 @@ def shard_for_training(data: Iterable[Any], info: DistInfo, *, seed: int) -> Ite
     return _BatchShard(data, info.rank, info.world_size, even=True)
 
 
-def shard_for_evaluation(data: Iterable[Any], info: DistInfo) -> Iterable[Any]:
+def shard_for_evaluation(data: Iterable[Any], info: DistInfo, *, seed: int = 0) -> Iterable[Any]:
     """Return this rank's share of evaluation data; the shares never overlap nor pad.
 
     Args:
         data: A DataLoader, an object with ``shard(rank, world_size)``, or any iterable.
         info: This process's place in the run.
+        seed: Seeds the draw of a random sampler of the user's (every evaluation draws
+            the same list; the same on every rank).
+
+    Raises:
+        ConfigError: ``data`` is sharded for another rank or world size.
     """
+    if _is_map_loader(data):
+        return shard_loader(data, info.rank, info.world_size, seed=seed, train=False)
     own = _own_sharding(data, info, "evaluation")
     if own is not None:
         return own
     if not info.enabled:
         return data
-    if _is_plain_loader(data):
-        return _rebuild(data, EvalShardSampler(len(data.dataset), info.rank, info.world_size))
     if hasattr(data, "shard"):
         return data.shard(info.rank, info.world_size)
     return _BatchShard(data, info.rank, info.world_size, even=False)

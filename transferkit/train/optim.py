@@ -15,7 +15,8 @@ import math
 import torch
 from torch import nn
 
-from transferkit.adaptation.groups import param_groups
+from transferkit.adaptation.core import unwrap
+from transferkit.adaptation.groups import no_weight_decay_names, param_groups
 from transferkit.errors import TransferKitError
 
 __all__ = ["default_optimizer", "schedule_steps"]
@@ -34,8 +35,9 @@ def default_optimizer(
     """Build AdamW with the head at ``lr`` and the body at ``body_lr``.
 
     Frozen parameters are included (with no gradient they are skipped by AdamW), so that
-    gradual unfreezing trains them later without rebuilding the optimizer. Biases and
-    norm parameters get no weight decay.
+    gradual unfreezing trains them later without rebuilding the optimizer. Biases, norm
+    parameters and what the model's ``no_weight_decay()`` names get no weight decay (see
+    :func:`~transferkit.adaptation.groups.no_weight_decay_names`), with or without a head.
 
     Args:
         model: The model to optimise (a view trains its source model's parameters).
@@ -44,20 +46,25 @@ def default_optimizer(
         weight_decay: AdamW weight decay of the decayed parameters.
         layer_decay: Per-stage LR multiplier counted back from the head (``None``: off).
     """
+    # Read before the fallback below, so that a bad no_weight_decay() is never swallowed.
+    exempt = no_weight_decay_names(model) if weight_decay else frozenset()
     try:
         groups = param_groups(model, lr, body_lr, weight_decay=weight_decay,
                               layer_decay=layer_decay, include_frozen=True)
-    except TransferKitError as exc:  # e.g. no recognisable head: one group for all
+    except TransferKitError as exc:  # e.g. no recognisable head: all at lr
         if layer_decay is not None:
             raise
-        log.info("one parameter group at lr=%g (%s)", lr, exc)
+        log.info("one learning rate for all parameters, lr=%g (%s)", lr, exc)
+        named = list(unwrap(model).named_parameters())
+        split = {
+            "all": [p for n, p in named if n not in exempt],
+            "all/no_decay": [p for n, p in named if n in exempt],
+        }
         groups = [
-            {
-                "params": list(model.parameters()),
-                "lr": lr,
-                "weight_decay": weight_decay,
-                "name": "all",
-            }
+            {"params": params, "lr": lr, "weight_decay": 0.0 if "/" in key else weight_decay,
+             "name": key}
+            for key, params in split.items()
+            if params
         ]
     return torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay)
 

@@ -45,6 +45,7 @@ from transferkit.train.devices import PRECISION_DTYPES, Precision, autocast, sel
 from transferkit.train.distributed import (
     DistInfo,
     all_reduce_sum,
+    check_same_draw,
     check_same_length,
     raise_together,
     setup,
@@ -80,7 +81,8 @@ class Trainer:
         lr_ratio: ``body_lr / lr`` when ``body_lr`` is not given.
         layer_decay: Layer-wise LR decay of the default optimizer: body stage ``i``
             counted back from the head gets ``body_lr * layer_decay**i`` (``None``: off).
-        weight_decay: AdamW weight decay (not applied to biases and norms by param_groups).
+        weight_decay: AdamW weight decay (not applied to biases, norms and what the model's
+            ``no_weight_decay()`` names, see ``param_groups``).
         warmup: Fraction of the optimizer steps spent in linear warm-up (default schedule).
         optimizer: Any torch optimizer; default AdamW over
             ``param_groups(model, lr, body_lr, weight_decay=..., include_frozen=True)``.
@@ -230,7 +232,10 @@ class Trainer:
         epochs = self.epochs if epochs is None else _validate.positive_int("epochs", epochs)
         train_data = shard_for_training(train, self.dist, seed=self.seed)
         check_same_length(train_data, self.dist)
-        val_data = shard_for_evaluation(val, self.dist) if val is not None else None
+        check_same_draw(train_data, self.dist, "train")
+        val_data = None if val is None else shard_for_evaluation(val, self.dist, seed=self.seed)
+        if val_data is not None:
+            check_same_draw(val_data, self.dist, "val")
         error = None
         try:  # every rank checks its own first batch; all raise if one fails
             self._check_data(train_data, "train")
@@ -311,7 +316,9 @@ class Trainer:
         Under DDP every rank evaluates its own share and the sums are all-reduced, so each
         sample counts exactly once.
         """
-        sums = self._run_eval(shard_for_evaluation(data, self.dist))
+        data = shard_for_evaluation(data, self.dist, seed=self.seed)
+        check_same_draw(data, self.dist, "evaluation")
+        sums = self._run_eval(data)
         out = sums.result("")
         out["count"] = sums.count
         return out
