@@ -9,7 +9,8 @@ Commands (``transferkit COMMAND --help`` for each one's options)::
     transferkit export MODEL_FILE --format torchscript|onnx [--out PATH]
 
 Exit codes: 0 success, 1 failure (one ``transferkit: error: ...`` line on stderr; with
-``--verbose`` also the traceback), 2 usage error (bad or missing arguments).
+``--verbose`` also the traceback), 2 usage error (bad or missing arguments), 130
+interrupted, 141 stdout closed by its reader (``transferkit backbones | head``: no message).
 Progress is logged to stderr; results go to stdout. One module per command group:
 :mod:`~transferkit.cli.catalog` (backbones, info), :mod:`~transferkit.cli.train`,
 :mod:`~transferkit.cli.predict`, :mod:`~transferkit.cli.export`.
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import traceback
 import warnings
@@ -29,7 +31,11 @@ from transferkit._version import __version__
 from transferkit.cli import catalog, export, predict, train
 from transferkit.errors import TransferKitError
 
-__all__ = ["build_parser", "main"]
+__all__ = ["EXIT_BROKEN_PIPE", "build_parser", "main"]
+
+#: Exit code when stdout's reader went away (``| head``): 128 + SIGPIPE, as Unix tools
+#: killed by the signal report it; nothing is printed.
+EXIT_BROKEN_PIPE = 141
 
 
 def _positive_int(text: str) -> int:
@@ -124,6 +130,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null, so the final flush at exit cannot fail on the closed pipe."""
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):  # not a real file (tests capture stdout)
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, fd)
+    os.close(devnull)
+
+
 def _show_warning(message: Any, category: Any, *args: Any, **kwargs: Any) -> None:
     print(f"transferkit: warning: {_one_line(message)}", file=sys.stderr)
 
@@ -156,7 +173,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         with warnings.catch_warnings():
             warnings.showwarning = _show_warning
-            return int(args.func(args))
+            code = int(args.func(args))
+            sys.stdout.flush()  # a closed pipe must fail here, not at interpreter exit
+            return code
+    except BrokenPipeError:  # `transferkit backbones | head`: the reader has all it wants
+        _silence_stdout()
+        return EXIT_BROKEN_PIPE
     except (TransferKitError, OSError) as exc:
         error, message = exc, _one_line(exc)
     except KeyboardInterrupt:
