@@ -5,7 +5,7 @@ Commands (``transferkit COMMAND --help`` for each one's options)::
     transferkit backbones [PATTERN]
     transferkit info NAME
     transferkit train --data DIR|fashion-mnist --backbone NAME --out DIR ...
-    transferkit predict MODEL_FILE IMAGE... [--topk K] [--json]
+    transferkit predict MODEL_FILE PATH... [--topk K] [--format text|csv|json] [--output FILE]
     transferkit export MODEL_FILE --format torchscript|onnx [--out PATH]
 
 Exit codes: 0 success, 1 failure (one ``transferkit: error: ...`` line on stderr; with
@@ -112,11 +112,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=train.cmd_train)
 
     p = sub.add_parser("predict", parents=[common], help="classify images",
-                       description="Print PATH<TAB>CLASS<TAB>PROBABILITY, top-k per image.")
+                       description="Classify image files and folders (searched recursively): "
+                       "the top-k classes of each image, as text (PATH<TAB>CLASS<TAB>"
+                       "PROBABILITY), CSV or JSON. Unreadable files are named on stderr and "
+                       "skipped; exit 1 when no image could be read.")
     p.add_argument("model_file", help="a model.safetensors written by train")
-    p.add_argument("images", nargs="+", help="image files")
+    p.add_argument("images", nargs="+", metavar="PATH", help="image files or folders")
     p.add_argument("--topk", type=_positive_int, default=1)
-    p.add_argument("--json", action="store_true", help="print JSON")
+    style = p.add_mutually_exclusive_group()
+    style.add_argument("--format", choices=predict.FORMATS, default="text",
+                       help="output format (default: text)")
+    style.add_argument("--json", action="store_true",
+                       help="deprecated: the same as --format json")
+    p.add_argument("--output", default=None, metavar="FILE",
+                   help="write the predictions to FILE (atomically) instead of stdout")
+    p.add_argument("--strict", action="store_true",
+                   help="stop (exit 1) at the first unreadable file instead of skipping it")
     p.add_argument("--device", default="cpu")
     p.set_defaults(func=predict.cmd_predict)
 
