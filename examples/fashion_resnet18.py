@@ -2,8 +2,9 @@
 
 The four steps of transfer learning, with the seed's mistakes fixed:
 
-1. take a network pretrained on ImageNet (ResNet18; offline, EfficientNet-Lite0, whose
-   weights install from the package index; said in one line and in the report);
+1. take a network pretrained on ImageNet (ResNet18; when its weights are in no cache and
+   cannot be downloaded, EfficientNet-Lite0, whose weights install from the package index;
+   said in one line, with the reason, and in the report);
 2. + 3. copy everything but the output layer and add a new 10-class head, with the input
    layer adapted to 1 grey channel (the RGB filters summed, instead of tripling every
    image with ``torch.cat((X, X, X), 1)``, which the seed then forgot at evaluation);
@@ -43,6 +44,7 @@ from typing import Any
 import torch
 
 import transferkit as tk
+from transferkit.backbones import is_offline
 from transferkit.data import TensorLoader, fashion_mnist
 from transferkit.errors import TransferKitError, WeightsNotFoundError
 from transferkit.recipes import PROBE_LR
@@ -71,8 +73,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     gpu = torch.cuda.is_available()
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--backbone", default=None,
-                   help=f"any registry name (default {DEFAULT_BACKBONE}; offline without its "
-                        f"weights: {FALLBACK_BACKBONE})")
+                   help=f"any registry name (default {DEFAULT_BACKBONE}; when its weights can be "
+                        f"neither found nor downloaded: {FALLBACK_BACKBONE})")
     p.add_argument("--weights", default="imagenet",
                    help="'imagenet', 'none' (train from scratch) or a weights file")
     p.add_argument("--recipe", default=None,
@@ -144,8 +146,11 @@ def build_model(args: argparse.Namespace, notes: list[str]) -> tuple[torch.nn.Mo
                 f"{exc}\nOr run without --backbone to use {FALLBACK_BACKBONE}, whose ImageNet "
                 "weights install from the package index, or pass --weights none."
             ) from None
-        note = (f"{name} ImageNet weights are not available (offline, no cache); using "
-                f"{FALLBACK_BACKBONE} with its ImageNet weights from the pip package instead.")
+        why = ("offline mode is set (TRANSFERKIT_OFFLINE/HF_HUB_OFFLINE)" if is_offline()
+               else f"the download failed (--backbone {name} shows why)")
+        note = (f"{name} ImageNet weights are not available: they are in no local cache and "
+                f"{why}; using {FALLBACK_BACKBONE} with its ImageNet weights from the pip "
+                "package instead.")
         log.warning("%s", note)
         notes.append(note)
         name = FALLBACK_BACKBONE
@@ -331,7 +336,7 @@ def train_and_report(args: argparse.Namespace, data: Any, model: torch.nn.Module
     write_report(out / "report.md", title=f"FashionMNIST: {backbone} fine-tuned", facts=facts,
                  history=history, test={"test_acc": test_acc}, notes=notes,
                  confusion=confusion, class_names=data.classes,
-                 images={k: str(v) for k, v in plots.items() if v is not None})
+                 images=plots)  # a None plot (no matplotlib) is named as not drawn
     return {"backbone": backbone, "weights": weights, "test_acc": round(test_acc, 4),
             "val_acc": round(history[-1]["val_acc"], 4), "wall_s": round(wall, 1),
             "trains": trains, "images": images, "device": str(device)}

@@ -14,15 +14,26 @@ from types import ModuleType
 import pytest
 import torch
 
+import transferkit.backbones.weights as W
+
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "examples" / "fashion_resnet18.py"
 HAS_DATA = Path("/usr/share/datasets/fashion-mnist/t10k-labels-idx1-ubyte.gz").exists()
 needs_data = pytest.mark.skipif(not HAS_DATA, reason="dataset-fashion-mnist not installed")
+DEAD_PROXY = "http://127.0.0.1:9"  # the discard port: nothing listens, a connection fails
 
 
-def _run(*args: str, cache: Path | None = None) -> subprocess.CompletedProcess:
+def _run(*args: str, cache: Path | None = None, offline: bool = True
+         ) -> subprocess.CompletedProcess:
     # Empty caches: whatever other tests seeded must not be found.
     env = dict(os.environ, TRANSFERKIT_OFFLINE="1")
+    if not offline:  # a download is tried, and fails at once: the proxy's port is closed
+        del env["TRANSFERKIT_OFFLINE"]
+        env.pop("HF_HUB_OFFLINE", None)
+        for var in ("no_proxy", "NO_PROXY"):
+            env.pop(var, None)
+        env.update({var: DEAD_PROXY for var in ("http_proxy", "https_proxy", "HTTP_PROXY",
+                                                  "HTTPS_PROXY")})
     if cache is not None:
         env.update(TORCH_HOME=str(cache / "torch"), HF_HUB_CACHE=str(cache / "hf"),
                    TRANSFERKIT_CACHE=str(cache / "tk"))
@@ -48,7 +59,9 @@ def subset_run(tmp_path_factory) -> tuple[Path, Path, subprocess.CompletedProces
         pytest.skip("dataset-fashion-mnist not installed")
     root = tmp_path_factory.mktemp("subset")
     out = root / "run"
-    proc = _run(*SUBSET_RUN, "--epochs", "1", "--out", str(out), cache=root / "cache")
+    # Not offline: ResNet18's download is tried (and fails), as on a user's machine.
+    proc = _run(*SUBSET_RUN, "--epochs", "1", "--out", str(out), cache=root / "cache",
+                offline=False)
     assert proc.returncode == 0, proc.stderr[-2000:]
     return out, root / "cache", proc
 
@@ -57,7 +70,14 @@ def subset_run(tmp_path_factory) -> tuple[Path, Path, subprocess.CompletedProces
 def test_subset_run_falls_back_and_writes_everything(subset_run) -> None:
     out, _, proc = subset_run
     # ResNet18's weights are not reachable: one clear line, and the fallback is recorded.
-    assert "resnet18 ImageNet weights are not available" in proc.stderr
+    assert ("resnet18 ImageNet weights are not available: they are in no local cache and "
+            "the download failed (--backbone resnet18 shows why); using efficientnet_lite0"
+            ) in proc.stderr
+    # stdout holds the results only: torch hub's "Downloading: ..." line went to the log.
+    lines = proc.stdout.splitlines()
+    assert len(lines) == 2, proc.stdout
+    assert lines[0].startswith("test accuracy ") and lines[1].startswith("RESULT ")
+    assert 'Downloading: "https://download.pytorch.org/models/resnet18' in proc.stderr
     result = json.loads(proc.stdout.strip().splitlines()[-1].removeprefix("RESULT "))
     assert result["backbone"] == "efficientnet_lite0" and result["weights"] == "ImageNet"
     assert 0.0 <= result["test_acc"] <= 1.0
@@ -84,6 +104,43 @@ def test_pinned_backbone_without_weights_stops_with_the_fixes(tmp_path: Path) ->
     assert "Traceback" not in proc.stderr
     assert "No pretrained weights found for 'resnet18'" in proc.stderr
     assert "--weights none" in proc.stderr
+
+
+@pytest.mark.parametrize("offline", [True, False])
+def test_fallback_line_says_what_happened(env, monkeypatch, offline: bool) -> None:
+    example = _example()
+    if offline:
+        monkeypatch.setenv("TRANSFERKIT_OFFLINE", "1")
+        why = "offline mode is set (TRANSFERKIT_OFFLINE/HF_HUB_OFFLINE)"
+    else:
+        def no_network(source, *, progress):
+            raise OSError("network unreachable")
+
+        monkeypatch.setattr(W, "_download", no_network)
+        why = "the download failed (--backbone resnet18 shows why)"
+    notes: list[str] = []
+    _, backbone, weights = example.build_model(example.parse_args([]), notes)
+    assert (backbone, weights) == ("efficientnet_lite0", "ImageNet")
+    assert notes == [
+        f"resnet18 ImageNet weights are not available: they are in no local cache and {why}; "
+        "using efficientnet_lite0 with its ImageNet weights from the pip package instead."
+    ]
+
+
+@needs_data
+def test_report_names_the_plots_it_could_not_draw(env, monkeypatch, tmp_path: Path) -> None:
+    # Without matplotlib the plot functions return None; the report must say so, by name.
+    for name in [m for m in sys.modules if m == "matplotlib" or m.startswith("matplotlib.")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # makes `import matplotlib` fail
+    monkeypatch.setenv("TRANSFERKIT_OFFLINE", "1")
+    monkeypatch.chdir(tmp_path)
+    assert _example().main(["--subset", "200", "--epochs", "1", "--out", "run"]) == 0
+    lines = (tmp_path / "run" / "report.md").read_text().splitlines()
+    skipped = "plots skipped: matplotlib is not installed (pip install transferkit[plots])"
+    for caption in ("training curves", "confusion matrix", "misclassified test images"):
+        assert f"- {caption}: not drawn ({skipped})." in lines
+    assert not list((tmp_path / "run").glob("*.png"))
 
 
 def test_usage_errors_exit_2(tmp_path: Path) -> None:

@@ -8,8 +8,10 @@ when it must not be).
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import pickle
+import sys
 from pathlib import Path
 
 import pytest
@@ -195,6 +197,63 @@ def test_offline_values(monkeypatch):
     assert not W.is_offline()
     monkeypatch.setenv("TRANSFERKIT_OFFLINE", "True")
     assert W.is_offline()
+
+
+def test_download_output_on_stdout_goes_to_the_log(env, monkeypatch, capsys, caplog):
+    # torch hub writes 'Downloading: "<url>" to <file>' on stdout, where callers put results.
+    def fake(src: W.WeightsSource, *, progress: bool) -> dict[str, torch.Tensor]:
+        sys.stdout.write('Downloading: "https://x.invalid/a.pth" to /c/a.pth\n')
+        print("second", end="")  # an unfinished line is logged too
+        return tiny_state(10)
+
+    monkeypatch.setattr(W, "_download", fake)
+    with caplog.at_level(logging.INFO, logger=W.logger.name):
+        got, origin = W.resolve_state_dict(source(download="url", url="https://x.invalid/a.pth"),
+                                           backbone="t")
+    assert same(got, tiny_state(10)) and origin == "download (None)"
+    assert capsys.readouterr().out == ""
+    assert [r.getMessage() for r in caplog.records] == [
+        "Downloading weights for t (None)",
+        'Downloading: "https://x.invalid/a.pth" to /c/a.pth',
+        "second",
+    ]
+
+
+# --- locate_weights: where the weights would come from, nothing read ---------------------
+
+
+def test_locate_weights_finds_each_place_in_order_without_reading(env, tmp_path):
+    full = source(url="https://example.invalid/tiny-abcdef12.pth", hf_hub_id="timm/tiny.x",
+                  package="tiny-weights", package_file=lambda: None, download="url",
+                  download_ref="tiny")
+    where = W.locate_weights(full)
+    assert (where.available_offline, where.origin, where.path, where.download) == (
+        False, None, None, "allowed")
+    assert [t.split(":")[0] for t in where.tried] == [
+        "torch hub cache", "Hugging Face cache", "TRANSFERKIT_CACHE", "weights package"]
+    # Files that are not even weights: found (by name), never read.
+    own = env["tk"] / "test--tiny.pth"
+    own.parent.mkdir()
+    own.write_bytes(b"garbage")
+    where = W.locate_weights(full)
+    assert (where.origin, where.path, where.sha256_prefix) == ("TRANSFERKIT_CACHE", own, None)
+    assert len(where.tried) == 2 and where.available_offline
+    hub = env["torch"] / "hub" / "checkpoints" / "tiny-abcdef12.pth"
+    hub.parent.mkdir(parents=True)
+    hub.write_bytes(b"garbage")
+    where = W.locate_weights(full)
+    assert (where.origin, where.path, where.sha256_prefix, where.tried) == (
+        "torch hub cache", hub, "abcdef12", ())
+
+
+def test_locate_weights_download_modes(env, monkeypatch, tmp_path):
+    assert W.locate_weights(source()).download == "none"
+    packaged = source(package="p", package_file=lambda: tmp_path / "w-1234abcd.pth")
+    where = W.locate_weights(packaged)
+    assert (where.origin, where.sha256_prefix) == ("package", "1234abcd")
+    assert W.locate_weights(source(download="url", url="https://x/a.pth")).download == "allowed"
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert W.locate_weights(source(download="url", url="https://x/a.pth")).download == "offline"
 
 
 # --- safety ------------------------------------------------------------------------------

@@ -97,7 +97,7 @@ def _report(tmp_path: Path, **overrides) -> str:
                "efficientnet_lite0"],
         confusion=cm,
         class_names=["T-shirt/top", "Trouser", "Bag|Case"],
-        images={"Training curves": "curves.png",
+        images={"Training curves": tmp_path / "curves.png",
                 "Confusion matrix": str(tmp_path / "plots" / "confusion.png")},
     )
     kwargs.update(overrides)
@@ -141,6 +141,20 @@ def test_report_history_columns_union_in_order(tmp_path: Path) -> None:
     assert "| epoch | train_loss | train_top5 | val_acc | grad_norm | time |" in lines
     assert "| 1 | 2.0000 |  |  |  | 1.0 |" in lines
     assert "## Test" not in text and "## Confusion" not in text and "## Plots" not in text
+
+
+def test_report_links_relative_plot_paths_from_its_own_folder(tmp_path, monkeypatch) -> None:
+    # A relative path is relative to the current folder, where the plot was written; the
+    # link must work from the report's folder (runs/a/report.md -> curves.png).
+    monkeypatch.chdir(tmp_path)
+    curves = plot_history(HISTORY, Path("runs") / "a" / "curves.png")
+    report = write_report(Path("runs/a/report.md"), title="t", facts={}, history=HISTORY,
+                          images={"Training curves": curves,
+                                  "Elsewhere": "shared/cm.png"})
+    lines = report.read_text().splitlines()
+    assert "![Training curves](curves.png)" in lines
+    assert "![Elsewhere](../../shared/cm.png)" in lines
+    assert (report.parent / "curves.png").is_file()  # the link points at the plot
 
 
 def test_report_notes_skipped_plots(tmp_path: Path) -> None:

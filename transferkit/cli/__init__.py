@@ -5,11 +5,12 @@ Commands (``transferkit COMMAND --help`` for each one's options)::
     transferkit backbones [PATTERN]
     transferkit info NAME
     transferkit train --data DIR|fashion-mnist --backbone NAME --out DIR ...
-    transferkit predict MODEL_FILE IMAGE... [--topk K] [--json]
+    transferkit predict MODEL_FILE PATH... [--topk K] [--format text|csv|json] [--output FILE]
     transferkit export MODEL_FILE --format torchscript|onnx [--out PATH]
 
 Exit codes: 0 success, 1 failure (one ``transferkit: error: ...`` line on stderr; with
-``--verbose`` also the traceback), 2 usage error (bad or missing arguments).
+``--verbose`` also the traceback), 2 usage error (bad or missing arguments), 130
+interrupted, 141 stdout closed by its reader (``transferkit backbones | head``: no message).
 Progress is logged to stderr; results go to stdout. One module per command group:
 :mod:`~transferkit.cli.catalog` (backbones, info), :mod:`~transferkit.cli.train`,
 :mod:`~transferkit.cli.predict`, :mod:`~transferkit.cli.export`.
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import traceback
 import warnings
@@ -29,7 +31,11 @@ from transferkit._version import __version__
 from transferkit.cli import catalog, export, predict, train
 from transferkit.errors import TransferKitError
 
-__all__ = ["build_parser", "main"]
+__all__ = ["EXIT_BROKEN_PIPE", "build_parser", "main"]
+
+#: Exit code when stdout's reader went away (``| head``): 128 + SIGPIPE, as Unix tools
+#: killed by the signal report it; nothing is printed.
+EXIT_BROKEN_PIPE = 141
 
 
 def _positive_int(text: str) -> int:
@@ -106,11 +112,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=train.cmd_train)
 
     p = sub.add_parser("predict", parents=[common], help="classify images",
-                       description="Print PATH<TAB>CLASS<TAB>PROBABILITY, top-k per image.")
+                       description="Classify image files and folders (searched recursively): "
+                       "the top-k classes of each image, as text (PATH<TAB>CLASS<TAB>"
+                       "PROBABILITY), CSV or JSON. Unreadable files are named on stderr and "
+                       "skipped; exit 1 when no image could be read.")
     p.add_argument("model_file", help="a model.safetensors written by train")
-    p.add_argument("images", nargs="+", help="image files")
+    p.add_argument("images", nargs="+", metavar="PATH", help="image files or folders")
     p.add_argument("--topk", type=_positive_int, default=1)
-    p.add_argument("--json", action="store_true", help="print JSON")
+    style = p.add_mutually_exclusive_group()
+    style.add_argument("--format", choices=predict.FORMATS, default="text",
+                       help="output format (default: text)")
+    style.add_argument("--json", action="store_true",
+                       help="deprecated: the same as --format json")
+    p.add_argument("--output", default=None, metavar="FILE",
+                   help="write the predictions to FILE (atomically) instead of stdout")
+    p.add_argument("--strict", action="store_true",
+                   help="stop (exit 1) at the first unreadable file instead of skipping it")
     p.add_argument("--device", default="cpu")
     p.set_defaults(func=predict.cmd_predict)
 
@@ -122,6 +139,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="output file (default: MODEL_FILE.pt/.onnx)")
     p.set_defaults(func=export.cmd_export)
     return parser
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null, so the final flush at exit cannot fail on the closed pipe."""
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):  # not a real file (tests capture stdout)
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, fd)
+    os.close(devnull)
 
 
 def _show_warning(message: Any, category: Any, *args: Any, **kwargs: Any) -> None:
@@ -156,7 +184,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         with warnings.catch_warnings():
             warnings.showwarning = _show_warning
-            return int(args.func(args))
+            code = int(args.func(args))
+            sys.stdout.flush()  # a closed pipe must fail here, not at interpreter exit
+            return code
+    except BrokenPipeError:  # `transferkit backbones | head`: the reader has all it wants
+        _silence_stdout()
+        return EXIT_BROKEN_PIPE
     except (TransferKitError, OSError) as exc:
         error, message = exc, _one_line(exc)
     except KeyboardInterrupt:

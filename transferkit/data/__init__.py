@@ -5,7 +5,8 @@ The code lives in one module per idea:
 - :mod:`transferkit.data.fashion`: find, verify and load FashionMNIST;
 - :mod:`transferkit.data.pipeline`: the in-memory batch pipeline (:class:`TensorLoader`);
 - :mod:`transferkit.data.augment`: its batch augmentations (:class:`Augment`);
-- :mod:`transferkit.data.image_folder`: a user's ``ImageFolder``-style folder, loaded into memory.
+- :mod:`transferkit.data.image_folder`: a user's ``ImageFolder``-style folder, loaded into memory;
+- :mod:`transferkit.data.image_files`: which files under a folder are images.
 
 This layer knows tensors and files, not models: it imports only the base modules.
 """
@@ -20,6 +21,7 @@ from transferkit.data.fashion import (
     fashion_mnist_search_paths,
     read_idx,
 )
+from transferkit.data.image_files import list_images
 from transferkit.data.image_folder import (
     IMG_EXTENSIONS,
     ImageFolderData,
@@ -38,6 +40,7 @@ __all__ = [
     "decode_image",
     "fashion_mnist",
     "fashion_mnist_search_paths",
+    "list_images",
     "load_image_folder",
     "read_idx",
 ]

@@ -19,6 +19,7 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
@@ -59,13 +60,26 @@ class ImageFolderData:
     root: str
 
 
+def _to_8_bit(img: Image.Image) -> Image.Image:
+    """Scale a 16-bit grey image (``"I;16"``...) to 8 bits over its full range.
+
+    PIL's own ``convert("L")`` clips such images at 255, which turns a 16-bit PNG into
+    a nearly white picture; here ``0..65535`` maps onto ``0..255`` (``round(v / 257)``).
+    """
+    if not img.mode.startswith("I;16"):
+        return img
+    wide = np.asarray(img).astype(np.float32)
+    return Image.fromarray(np.rint(wide / 257.0).astype(np.uint8))  # 2-D uint8: mode "L"
+
+
 def decode_image(
     path: str | os.PathLike[str], in_chans: int, size: int | tuple[int, int]
 ) -> torch.Tensor | None:
     """Decode one image file as :func:`load_image_folder` stores it, or return ``None``.
 
     The image is converted to ``in_chans`` channels (1: grey, 3: RGB), resized so that it
-    covers ``size`` and centre-cropped to it.
+    covers ``size`` and centre-cropped to it. 16-bit grey images (PIL modes ``"I;16"``...)
+    are scaled to 8 bits over their full range (``round(v / 257)``), not clipped.
 
     Args:
         path: The image file.
@@ -84,7 +98,7 @@ def decode_image(
     size = _validate.image_size(size, name="size")
     try:
         with Image.open(path) as img:
-            img = img.convert(_MODES[in_chans])
+            img = _to_8_bit(img).convert(_MODES[in_chans])
             w, h = img.size
             scale = max(size[1] / w, size[0] / h)  # shorter side to the target, then crop
             new_w, new_h = max(size[1], round(w * scale)), max(size[0], round(h * scale))

@@ -128,14 +128,17 @@ def _check_inputs(
 
 
 def _link(target: str | os.PathLike[str], folder: Path) -> str:
-    """Return ``target`` relative to the report's folder, with forward slashes."""
-    target_path = Path(target)
-    if target_path.is_absolute():
-        try:
-            return Path(os.path.relpath(target_path, folder.resolve())).as_posix()
-        except ValueError:  # another drive on Windows: keep the absolute path
-            return target_path.as_posix()
-    return target_path.as_posix()
+    """Return the link from the report's ``folder`` to the file ``target``, with ``/``.
+
+    ``target`` is a path like any other (a relative one is relative to the current
+    folder, where the plot functions wrote it), so the link works when the report is
+    opened from its own folder.
+    """
+    target_path = Path(target).absolute()
+    try:
+        return Path(os.path.relpath(target_path, folder.absolute())).as_posix()
+    except ValueError:  # another drive on Windows: keep the absolute path
+        return target_path.as_posix()
 
 
 def write_report(
@@ -168,9 +171,10 @@ def write_report(
         notes: Sentences worth reading first (fallbacks taken, warnings).
         confusion: ``[C, C]`` counts from :func:`confusion_matrix`.
         class_names: One name per class, for the confusion matrix (default: the labels).
-        images: Caption -> PNG path; relative paths are kept as given (relative to the
-            report's folder), absolute ones are made relative to it. A ``None`` path (a
-            plot function returned ``None``) is reported as skipped.
+        images: Caption -> PNG path, as the plot functions return it (a relative path is
+            relative to the current folder); the report links it relative to its own
+            folder. A ``None`` path (a plot function returned ``None``: no matplotlib) is
+            named in the report as not drawn.
 
     Returns:
         The path written.
