@@ -62,7 +62,13 @@ from transferkit.train.interrupts import sigint_requests_stop
 from transferkit.train.metrics import MetricSums
 from transferkit.train.optim import default_optimizer, schedule_steps
 from transferkit.train.schedules import stretch_schedule, warmup_cosine_scheduler
-from transferkit.train.state import CHECKPOINT_FORMAT, freeze_record, load_into, read_state
+from transferkit.train.state import (
+    CHECKPOINT_FORMAT,
+    freeze_record,
+    load_into,
+    model_state,
+    read_state,
+)
 
 __all__ = ["Trainer", "check_trainer_args"]
 
@@ -577,11 +583,16 @@ class Trainer:
         )
 
     def state_dict(self) -> dict[str, Any]:
-        """Return everything needed to resume, as tensors and plain values."""
+        """Return everything needed to resume, as tensors and plain values.
+
+        ``"model"`` holds the tensors of the model without its ``torch.compile`` or DDP
+        wrapper (their names have no ``_orig_mod.``/``module.`` prefix), so a checkpoint of
+        a compiled run resumes into the plain model and the other way round.
+        """
         mid_epoch = self.batch_in_epoch > 0
         return {
             "format": CHECKPOINT_FORMAT,
-            "model": self.model.state_dict(),
+            "model": model_state(self.model),  # without torch.compile/DDP wrappers
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
             "scaler": self.scaler.state_dict() if self.scaler is not None else None,
