@@ -17,6 +17,7 @@ from transferkit.adaptation import freeze_state
 from transferkit.errors import CheckpointError
 from transferkit.train import Trainer
 from transferkit.train.checkpoint import load_checkpoint, save_checkpoint
+from transferkit.train.state import load_into
 
 
 def net(num_classes: int = 5, seed: int = 0) -> nn.Sequential:
@@ -190,3 +191,28 @@ def test_plain_run_resumes_into_a_compiled_model(tmp_path):
     again = trainer(compiled(model), tmp_path)
     again.fit(data(), epochs=1, resume=True)  # already done: loads, trains nothing
     assert same(model.state_dict(), first.model.state_dict())
+
+
+def test_a_scaler_that_fails_half_way_is_put_back_with_the_optimizer_and_scheduler(tmp_path):
+    # GradScaler.load_state_dict sets the scale, then raises KeyError on the next entry;
+    # the optimizer and the scheduler were loaded before it. (A CPU GradScaler: the
+    # Trainer makes one only for fp16 on CUDA, but load_into treats every part alike.)
+    trained(5, tmp_path / "a", optimizer=None)
+    state = load_checkpoint(tmp_path / "a" / "last.pt")
+    state["scaler"] = {"scale": 2.0}
+    other = trained(5, tmp_path / "b", seed=1, optimizer=None)
+    scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
+    before, scaler_before = snapshot(other), scaler.state_dict()
+    with pytest.raises(CheckpointError, match=r"does not fit this GradScaler \(KeyError: "
+                                              r"'growth_factor'\)\. Nothing was loaded"):
+        load_into(state, model=other.model, optimizer=other.optimizer,
+                  scheduler=other.scheduler, scaler=scaler, path="a/last.pt")
+    assert same(snapshot(other), before)
+    assert scaler.state_dict() == scaler_before
+
+
+def test_a_compiled_models_parameters_are_named_as_its_own_in_warnings():
+    model = net()
+    opt = torch.optim.SGD(model[5].parameters(), lr=0.1)  # lacks the body's parameters
+    with pytest.warns(UserWarning, match=r"lacks 4 parameters \(e\.g\. '0\.weight'\)"):
+        trainer(compiled(model), optimizer=opt, freeze="body", unfreeze_every=1).fit(data(n=1))

@@ -36,6 +36,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from transferkit import _validate
 from transferkit._io import atomic_write_bytes
+from transferkit.adaptation.core import unwrap
 from transferkit.adaptation.freezing import GradualUnfreezing, freeze, freeze_state
 from transferkit.errors import ConfigError, DataError, NonFiniteLossError, closest
 from transferkit.train.batch_checks import check_first_batch, data_len, set_data_epoch
@@ -255,7 +256,8 @@ class Trainer:
                 self.model, every=self.unfreeze_every, bn=freeze_state(self.model)["bn"]
             )
             held = {id(p) for group in self.optimizer.param_groups for p in group["params"]}
-            missing = [n for n, p in self.model.named_parameters() if id(p) not in held]
+            named = unwrap(self.model, views=False).named_parameters()  # no _orig_mod. names
+            missing = [n for n, p in named if id(p) not in held]
             if missing:
                 warnings.warn(
                     f"unfreeze_every={self.unfreeze_every} but the optimizer lacks "
