@@ -93,9 +93,9 @@ def load_into(
     """Load a checkpoint's freezing state, weights, optimizer, scheduler and scaler state.
 
     All or nothing: the freezing state and every tensor name and shape of the model are
-    checked first; the optimizer, scheduler and scaler states are then loaded (each of
-    their own checks runs before it changes anything, and a later failure puts the earlier
-    ones back); the model's tensors and freezing come last, once nothing can fail.
+    checked first; the optimizer, scheduler and scaler states are then loaded (each one's
+    state is saved first, and a failure, even half-way through one of them, puts back every
+    one loaded so far); the model's tensors and freezing come last, once nothing can fail.
 
     Raises:
         CheckpointError: The checkpoint does not fit this model or optimizer; then the
@@ -112,8 +112,9 @@ def load_into(
             check_freeze_state(target, state["freeze"])
         except ConfigError as exc:
             raise CheckpointError(f"Checkpoint {str(path)!r}: {exc} {fix}") from exc
-    # Each load_state_dict checks before it changes anything; a later failure undoes the
-    # earlier ones with the states saved here (torch replaces state, never edits it in place).
+    # A load_state_dict can fail half-way (GradScaler, LambdaLR): save each part's state
+    # before loading it, and put back every part touched. Loading replaces a part's state,
+    # it never edits the saved tensors in place, so what was saved stays intact.
     parts = [(optimizer, state["optimizer"])]
     parts += [(p, state[k]) for p, k in ((scheduler, "scheduler"), (scaler, "scaler"))
               if p is not None and state[k] is not None]
