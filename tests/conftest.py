@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import struct
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -26,3 +29,43 @@ def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Path]:
 
     monkeypatch.setattr(W, "_download", no_network)
     return dirs
+
+
+class Damage:
+    """Flip 16 bytes inside one tensor's data in a file, as a failing disk or copy would."""
+
+    @staticmethod
+    def _flip(path: Path, offset: int, size: int) -> None:
+        assert size >= 24, "the tensor must hold at least 24 bytes"
+        raw = bytearray(path.read_bytes())
+        for i in range(offset + 8, offset + 24):
+            raw[i] ^= 0xFF
+        path.write_bytes(bytes(raw))
+
+    @staticmethod
+    def zip_tensor(path: Path, tensor: torch.Tensor) -> str:
+        """Damage the entry of a ``torch.save`` file holding ``tensor``; return its name."""
+        want = tensor.detach().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
+        with zipfile.ZipFile(path) as archive:
+            infos = [i for i in archive.infolist() if archive.read(i) == want]
+        assert len(infos) == 1, "the tensor's bytes must be in exactly one entry"
+        info = infos[0]
+        with path.open("rb") as f:
+            f.seek(info.header_offset)
+            name_len, extra_len = struct.unpack("<HH", f.read(30)[26:30])
+        Damage._flip(path, info.header_offset + 30 + name_len + extra_len, info.file_size)
+        return info.filename
+
+    @staticmethod
+    def safetensors_tensor(path: Path, name: str) -> None:
+        """Damage the data of tensor ``name`` of a safetensors file."""
+        raw = path.read_bytes()
+        (n,) = struct.unpack("<Q", raw[:8])
+        begin, end = json.loads(raw[8 : 8 + n])[name]["data_offsets"]
+        Damage._flip(path, 8 + n + begin, end - begin)
+
+
+@pytest.fixture
+def damage() -> type[Damage]:
+    """Helpers that damage files in place (see :class:`Damage`)."""
+    return Damage

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parent.parent / "transferkit"
-BASE = {"errors", "_validate", "_io", "_env", "_version"}
+BASE = {"errors", "_validate", "_io", "_integrity", "_state_dict", "_env", "_version"}
 # layer -> the layers it may import (itself included); "base" is the modules above.
 ALLOWED = {
     "base": {"base"},

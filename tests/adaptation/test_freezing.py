@@ -91,3 +91,29 @@ def test_summary_rows(model):
     assert rows[0].split() == ["stage", "trainable", "total"]
     assert rows[-1].split() == ["head", "2,052", "2,052"]
     assert rows[1].split()[:2] == ["0:stem", "0"]
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"bn": "sideways"}, "freezing state has policy 'body' and bn 'sideways'; expected a "
+                             "policy name and bn in ('train', 'frozen'). It was not written by "
+                             "freeze_state()."),
+        ({"frozen": ["conv1.weight", "nope.weight"]},
+         "freezing state does not fit this model: it freezes 1 parameters the model does not "
+         "have (first: ['nope.weight']). It was saved from another model."),
+    ],
+    ids=["bad-bn", "unknown-name"],
+)
+def test_load_freeze_state_rejects_a_bad_state_and_changes_nothing(model, change, message):
+    tk.freeze(model, "stages:1", bn="frozen")
+    before, flags = tk.freeze_state(model), [p.requires_grad for p in model.parameters()]
+    bad = {"policy": "body", "bn": "train", "frozen": ["conv1.weight"], **change}
+    with pytest.raises(tk.ConfigError) as err:
+        tk.load_freeze_state(model, bad)
+    assert str(err.value) == message
+    assert tk.freeze_state(model) == before
+    assert [p.requires_grad for p in model.parameters()] == flags
+    model.train()
+    model.bn1(torch.randn(2, 64, 4, 4))
+    assert model.bn1.num_batches_tracked == 0  # the bn="frozen" hooks are still in place

@@ -13,6 +13,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from transferkit._integrity import DIGEST_KEY, digest_record
 from transferkit.backbones.model_file import (
     FORMAT_VERSION,
     METADATA_KEY,
@@ -22,6 +23,7 @@ from transferkit.backbones.model_file import (
 )
 from transferkit.backbones.registry import create, register_backbone, unregister_backbone
 from transferkit.errors import CheckpointError, ConfigError, UnknownBackboneError
+from transferkit.recipes import EvalMode
 
 TINY = "tktest:tiny"
 
@@ -173,8 +175,14 @@ def _rewrite_meta(src: Path, dst: Path, **changes: object) -> Path:
     with safe_open(src, framework="pt") as f:
         meta = json.loads(f.metadata()[METADATA_KEY])
     meta.update(changes)
-    save_file(load_file(src), dst, metadata={METADATA_KEY: json.dumps(meta)})
+    _write(load_file(src), dst, json.dumps(meta))
     return dst
+
+
+def _write(state: dict, dst: Path, text: str) -> None:
+    """Write a model file by hand, with a valid digest record."""
+    metadata = {METADATA_KEY: text}
+    save_file(state, dst, metadata={**metadata, DIGEST_KEY: digest_record(state, metadata)})
 
 
 def test_unknown_backbone_and_mismatch(tiny: str, tmp_path: Path) -> None:
@@ -193,3 +201,76 @@ def test_unknown_backbone_and_mismatch(tiny: str, tmp_path: Path) -> None:
     broken = _rewrite_meta(path, tmp_path / "broken.safetensors", in_chans="x")
     with pytest.raises(CheckpointError, match="malformed transferkit metadata"):
         read_meta(broken)
+
+
+# ------------------------------------------------------------------ wrapped models
+@pytest.mark.parametrize(
+    "wrap",
+    [lambda m: torch.compile(m, backend="eager"), nn.DataParallel, EvalMode],
+    ids=["compiled", "data-parallel", "view"],
+)
+def test_wrapped_models_are_saved_under_their_own_names(tiny: str, tmp_path: Path, wrap) -> None:
+    # torch.compile's "eager" backend wraps exactly as the default one, without compiling.
+    model = _trained(tiny)
+    path = save_model(wrap(model), tmp_path / "m.safetensors", backbone=tiny,
+                      class_names="abc", image_size=8)
+    assert sorted(load_file(path)) == sorted(model.state_dict())  # no _orig_mod./module.
+    loaded, _ = load_model(path)
+    for key, value in model.state_dict().items():
+        assert torch.equal(loaded.state_dict()[key], value), key
+
+
+def _saved(tiny: str, tmp_path: Path) -> tuple[nn.Module, dict, str]:
+    """A trained model, the tensors save_model wrote for it, and its metadata text."""
+    model = _trained(tiny)
+    good = save_model(model, tmp_path / "m.safetensors", backbone=tiny, class_names="abc",
+                      image_size=8)
+    with safe_open(good, framework="pt") as f:
+        return model, load_file(good), f.metadata()[METADATA_KEY]
+
+
+def test_a_file_saved_with_compiled_names_still_loads(tiny: str, tmp_path: Path) -> None:
+    model, tensors, text = _saved(tiny, tmp_path)
+    old = tmp_path / "old.safetensors"  # as an earlier save_model(torch.compile(m)) wrote it
+    _write({f"_orig_mod.{k}": v for k, v in tensors.items()}, old, text)
+    loaded, _ = load_model(old)
+    for key, value in model.state_dict().items():
+        assert torch.equal(loaded.state_dict()[key], value), key
+
+
+# ------------------------------------------------------------------ content verification
+def test_flipped_bytes_in_a_tensor_name_the_tensor(tiny: str, tmp_path: Path, damage) -> None:
+    path = save_model(_trained(tiny), tmp_path / "m.safetensors", backbone=tiny,
+                      class_names="abc", image_size=8)
+    damage.safetensors_tensor(path, "0.weight")
+    with pytest.raises(CheckpointError) as err:
+        load_model(path)
+    assert str(err.value) == (
+        f"Model file {str(path)!r} is corrupt: tensor '0.weight' does not match the sha256 "
+        "recorded when the file was written, so its bytes changed after it was written "
+        "(disk, copy or transfer error); nothing was loaded. Use another copy of the file, "
+        "or write it again with save_model."
+    )
+
+
+def test_changed_metadata_is_detected(tiny: str, tmp_path: Path) -> None:
+    path = save_model(_trained(tiny), tmp_path / "m.safetensors", backbone=tiny,
+                      class_names=["cat", "dog", "emu"], image_size=8)
+    raw = path.read_bytes()
+    assert raw.count(b"emu") == 1
+    path.write_bytes(raw.replace(b"emu", b"elk"))  # same length: the header stays valid
+    assert read_meta(path).class_names == ("cat", "dog", "elk")  # the header alone: unchecked
+    with pytest.raises(CheckpointError, match=r"is corrupt: metadata 'transferkit' does not "
+                                              r"match the sha256 recorded"):
+        load_model(path)
+
+
+def test_a_file_without_digest_record_loads_with_a_warning(tiny: str, tmp_path: Path) -> None:
+    model, tensors, text = _saved(tiny, tmp_path)
+    plain = tmp_path / "plain.safetensors"
+    save_file(tensors, plain, metadata={METADATA_KEY: text})
+    with pytest.warns(UserWarning, match=r"has no digest record \('transferkit.sha256'\): it "
+                                         r"was written by an older transferkit or another tool, "
+                                         r"so damaged bytes cannot be detected"):
+        loaded, _ = load_model(plain)
+    assert torch.equal(loaded[0].weight, model[0].weight)

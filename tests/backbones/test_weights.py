@@ -20,6 +20,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 import transferkit.backbones.weights as W
+from transferkit._integrity import DIGEST_KEY, digest_record
 from transferkit.errors import WeightsError, WeightsMismatchError, WeightsNotFoundError
 
 
@@ -356,3 +357,88 @@ def test_load_checked_copies_values_and_tolerates_missing_counters():
     W.load_checked(model, state, origin="x")
     got = model.state_dict()
     assert all(torch.equal(got[k], v) for k, v in state.items())
+
+
+def test_load_checked_loads_into_a_compiled_model():
+    model = tiny()
+    state = tiny_state(16)
+    W.load_checked(torch.compile(model, backend="eager"), state, origin="x")
+    assert same(model.state_dict(), state)
+
+
+@pytest.mark.parametrize("prefix", ["_orig_mod.", "module._orig_mod."])
+def test_state_dicts_saved_from_compiled_models_are_unwrapped(tmp_path, prefix):
+    state = tiny_state(17)
+    path = tmp_path / "compiled.pth"
+    torch.save({f"{prefix}{k}": v for k, v in state.items()}, path)
+    assert same(W.load_file(path), state)
+
+
+# --- content verification ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("where", ["path", "transferkit cache", "hugging face cache"])
+def test_flipped_bytes_in_a_pth_file_name_the_entry_and_tensor(env, damage, where):
+    state = tiny_state(18)
+    files = {
+        "path": env["tk"].parent / "weights.pth",
+        "transferkit cache": env["tk"] / "test--tiny.pth",
+        "hugging face cache": env["hf"] / "models--timm--tiny.t" / "snapshots" / "r1"
+        / "pytorch_model.bin",
+    }
+    path = files[where]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(state, path)
+    entry = damage.zip_tensor(path, state["0.weight"])
+    assert not same(torch.load(path, weights_only=True), state)  # torch.load sees nothing
+    with pytest.raises(WeightsError) as err:
+        if where == "path":
+            W.load_file(path)
+        else:
+            W.resolve_state_dict(source(hf_hub_id="timm/tiny.t"), backbone="t")
+    assert str(err.value) == (
+        f"Weights file {str(path)!r} is corrupt: zip entry {entry!r} (the data of tensor "
+        "'0.weight') fails its CRC-32 check; nothing was loaded. Delete it and fetch it again."
+    )
+
+
+def test_safetensors_file_with_a_digest_record_is_verified(tmp_path, damage):
+    state = tiny_state(19)
+    path = tmp_path / "w.safetensors"
+    save_file(state, path, metadata={DIGEST_KEY: digest_record(state, {})})
+    assert same(W.load_file(path), state)
+    damage.safetensors_tensor(path, "0.weight")
+    with pytest.raises(WeightsError) as err:
+        W.load_file(path)
+    assert str(err.value) == (
+        f"Weights file {str(path)!r} is corrupt: tensor '0.weight' does not match the sha256 "
+        "recorded when the file was written; nothing was loaded. Delete it and fetch it again."
+    )
+
+
+def test_hugging_face_blob_is_checked_against_the_sha256_it_is_named_by(env, damage):
+    state = tiny_state(20)
+    repo = env["hf"] / "models--timm--tiny.t"
+    (repo / "blobs").mkdir(parents=True)
+    (repo / "snapshots" / "r1").mkdir(parents=True)
+    made = repo / "made.safetensors"
+    save_file(state, made)
+    blob = repo / "blobs" / hashlib.sha256(made.read_bytes()).hexdigest()
+    made.rename(blob)
+    link = repo / "snapshots" / "r1" / "model.safetensors"
+    link.symlink_to(os.path.relpath(blob, link.parent))  # what huggingface_hub does
+    assert W.hf_blob_sha256(link) == blob.name
+    got, _ = W.resolve_state_dict(source(hf_hub_id="timm/tiny.t"), backbone="t")
+    assert same(got, state)
+    damage.safetensors_tensor(blob, "0.weight")  # a plain safetensors file: no record
+    with pytest.raises(WeightsError, match=(
+        rf"Weights file '{link}' fails its hash check: sha256 starts with '[0-9a-f]{{64}}', "
+        rf"expected '{blob.name}'")):
+        W.resolve_state_dict(source(hf_hub_id="timm/tiny.t"), backbone="t")
+
+
+def test_a_copied_hugging_face_file_has_no_blob_name_to_check(tmp_path):
+    path = tmp_path / "snapshots" / "r1" / "model.safetensors"
+    path.parent.mkdir(parents=True)
+    save_file(tiny_state(21), path)
+    assert W.hf_blob_sha256(path) is None

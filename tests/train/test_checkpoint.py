@@ -133,3 +133,20 @@ def test_sigkill_during_saves_leaves_a_complete_checkpoint(tmp_path):
         assert i in (last_done, last_done + 1)
         assert torch.equal(state["w"], torch.full((1_000_000,), float(i)))
         start = i + 1
+
+
+def test_flipped_bytes_in_a_tensor_are_an_error_naming_the_entry_and_tensor(tmp_path, damage):
+    # torch.load ignores the zip's CRC-32s: without the check this file loads silently.
+    weight = torch.arange(64.0)
+    path = save_checkpoint({"model": {"fc.weight": weight, "fc.bias": torch.zeros(8)},
+                            "epoch": 2}, tmp_path / "last.pt")
+    entry = damage.zip_tensor(path, weight)
+    assert torch.load(path, weights_only=True)["epoch"] == 2  # torch alone sees nothing
+    with pytest.raises(CheckpointError) as err:
+        load_checkpoint(path)
+    assert str(err.value) == (
+        f"Checkpoint {str(path)!r} is corrupt: zip entry {entry!r} (the data of tensor "
+        "'model/fc.weight') fails its CRC-32 check, so its bytes changed after it was "
+        "written (disk, copy or transfer error); nothing was loaded. Use another checkpoint "
+        "(e.g. 'best.pt' or 'last.pt') or start without resume."
+    )

@@ -28,6 +28,7 @@ from transferkit.adaptation.core import (
 from transferkit.adaptation.freezing import (
     POLICIES,
     GradualUnfreezing,
+    check_freeze_state,
     freeze,
     freeze_state,
     freezing_summary,
@@ -46,6 +47,7 @@ __all__ = [
     "adapt",
     "adapt_channel_stats",
     "adapt_input_weight",
+    "check_freeze_state",
     "freeze",
     "freeze_state",
     "freezing_summary",

@@ -94,14 +94,28 @@ class ModelView(nn.Module):
         return self.__dict__["_source"]
 
 
-def unwrap(model: nn.Module) -> nn.Module:
-    """Return the user's model inside DDP/DataParallel, ``torch.compile`` and views."""
+def unwrap(model: nn.Module, *, views: bool = True) -> nn.Module:
+    """Return the user's model inside DDP/DataParallel, ``torch.compile`` and views.
+
+    Args:
+        model: The model, wrapped or not.
+        views: Also see through :class:`ModelView` objects (default). With ``False``,
+            only the wrappers that change how a module runs, not what it computes (DDP,
+            DataParallel, ``torch.compile``), are removed: the Trainer checkpoints the
+            module it trains, a view included, without them.
+
+    Example:
+        >>> from torch import nn
+        >>> net = nn.Linear(2, 2)
+        >>> unwrap(nn.DataParallel(net)) is net
+        True
+    """
     while True:
         if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
             model = model.module
         elif hasattr(model, "_orig_mod") and isinstance(model._orig_mod, nn.Module):
             model = model._orig_mod
-        elif isinstance(model, ModelView):
+        elif views and isinstance(model, ModelView):
             model = model.source
         else:
             return model

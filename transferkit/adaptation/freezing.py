@@ -22,6 +22,7 @@ __all__ = [
     "freeze",
     "unfreeze",
     "freeze_state",
+    "check_freeze_state",
     "load_freeze_state",
     "freezing_summary",
     "GradualUnfreezing",
@@ -146,23 +147,50 @@ def freeze_state(model: nn.Module) -> dict:
     return {"policy": state["policy"], "bn": state["bn"], "frozen": list(state["frozen"])}
 
 
-def load_freeze_state(model: nn.Module, state: dict) -> None:
-    """Restore a state from :func:`freeze_state`.
+def _checked_state(model: nn.Module, state: object) -> tuple[set[str], str, str]:
+    """Return ``(trainable, policy, bn)`` of a freezing state, or raise; changes nothing."""
+    names = {n for n, _ in model.named_parameters()}
+    try:
+        frozen = {str(n) for n in state["frozen"]}  # type: ignore[index]
+        policy, bn = state["policy"], state["bn"]  # type: ignore[index]
+    except (KeyError, TypeError) as exc:
+        raise ConfigError(
+            f"not a freezing state: {state!r:.200}; expected the dict freeze_state() returns, "
+            "with 'policy', 'bn' and 'frozen'."
+        ) from exc
+    if not isinstance(policy, str) or bn not in BN_MODES:
+        raise ConfigError(
+            f"freezing state has policy {policy!r} and bn {bn!r}; expected a policy name and "
+            f"bn in {BN_MODES}. It was not written by freeze_state()."
+        )
+    unknown = sorted(frozen - names)
+    if unknown:
+        raise ConfigError(
+            f"freezing state does not fit this model: it freezes {len(unknown)} parameters the "
+            f"model does not have (first: {unknown[:3]}). It was saved from another model."
+        )
+    return names - frozen, policy, bn
+
+
+def check_freeze_state(model: nn.Module, state: dict) -> None:
+    """Check that :func:`load_freeze_state` would accept ``state``; change nothing.
 
     Raises:
-        ConfigError: If the state names parameters the model does not have.
+        ConfigError: As :func:`load_freeze_state`.
+    """
+    _checked_state(unwrap(model), state)
+
+
+def load_freeze_state(model: nn.Module, state: dict) -> None:
+    """Restore a state from :func:`freeze_state`; on an error nothing changes.
+
+    Raises:
+        ConfigError: The state is malformed, has an unknown ``bn`` mode, or names
+            parameters the model does not have.
     """
     model_ = unwrap(model)
-    names = {n for n, _ in model_.named_parameters()}
-    try:
-        frozen = set(state["frozen"])
-        policy, bn = str(state["policy"]), str(state["bn"])
-    except (KeyError, TypeError) as exc:
-        raise ConfigError(f"not a freezing state: {state!r:.200}") from exc
-    unknown = frozen - names
-    if unknown or bn not in BN_MODES:
-        raise ConfigError(f"freezing state does not fit this model: unknown {sorted(unknown)[:5]}")
-    _apply(model_, names - frozen, policy, bn)
+    trainable, policy, bn = _checked_state(model_, state)
+    _apply(model_, trainable, policy, bn)
 
 
 def freezing_summary(model: nn.Module) -> str:

@@ -7,12 +7,20 @@ everything needed to rebuild and use the model: the backbone name, ``num_classes
 class names. :func:`load_model` rebuilds the architecture with
 ``create(backbone, num_classes, in_chans=..., pretrained=False)`` and loads the weights
 strictly, so no pretrained weights (and no network) are needed to load a model file.
+
+A model file also carries a digest record under the metadata key
+``"transferkit.sha256"``: the sha256 of every tensor and of the metadata, written by
+:func:`save_model` and checked by :func:`load_model`, so damaged bytes fail with the name
+of the damaged tensor instead of loading. The model saved is always the plain one:
+``torch.compile``, DDP and view wrappers are removed first
+(:func:`~transferkit.adaptation.core.unwrap`).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -25,9 +33,11 @@ from safetensors.torch import save as save_safetensors
 from torch import nn
 
 from transferkit import _validate
+from transferkit._integrity import DIGEST_KEY, damaged_entries, describe_damaged, digest_record
 from transferkit._io import atomic_write_bytes
+from transferkit._state_dict import fitted
 from transferkit._version import __version__
-from transferkit.adaptation.core import get_info
+from transferkit.adaptation.core import get_info, unwrap
 from transferkit.backbones.registry import backbone_spec, create
 from transferkit.errors import CheckpointError, ConfigError, TransferKitError
 
@@ -84,7 +94,8 @@ def save_model(
 
     Args:
         model: A model built by :func:`transferkit.backbones.registry.create` (or adapted with
-            :func:`transferkit.adaptation.core.adapt`) from ``backbone``.
+            :func:`transferkit.adaptation.core.adapt`) from ``backbone``; a compiled, DDP
+            or view wrapper is removed first (its tensors are saved under their own names).
         path: Destination file (``.safetensors``); its folder must exist.
         backbone: The registry name the model was built from.
         class_names: One name per output of the head.
@@ -128,8 +139,11 @@ def save_model(
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"extra must hold JSON-compatible values only: {exc}.") from exc
     # Clone: safetensors refuses tensors that share memory (tied weights, views).
-    state = {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
-    data = save_safetensors(state, metadata={METADATA_KEY: text})
+    state = {k: v.detach().to("cpu").contiguous().clone()
+             for k, v in unwrap(model).state_dict().items()}
+    metadata = {METADATA_KEY: text}
+    metadata[DIGEST_KEY] = digest_record(state, metadata)
+    data = save_safetensors(state, metadata=metadata)
     path = Path(path)
     if not path.parent.is_dir():
         raise CheckpointError(
@@ -171,7 +185,8 @@ def _meta_from_json(text: str, path: Path) -> ModelMeta:
         ) from exc
 
 
-def _read(path: str | os.PathLike[str]) -> tuple[bytes, ModelMeta, Path]:
+def _header(path: str | os.PathLike[str]) -> tuple[Path, dict[str, str]]:
+    """Return the path and safetensors metadata of a model file (the header only)."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(
@@ -180,7 +195,7 @@ def _read(path: str | os.PathLike[str]) -> tuple[bytes, ModelMeta, Path]:
         )
     try:
         with safe_open(path, framework="pt") as f:  # checks header and data extent
-            metadata = f.metadata() or {}
+            metadata = dict(f.metadata() or {})
     except Exception as exc:  # noqa: BLE001  # safetensors raises several private types
         raise CheckpointError(
             f"{str(path)!r} is not a readable safetensors model file ({exc}). It may be "
@@ -193,11 +208,42 @@ def _read(path: str | os.PathLike[str]) -> tuple[bytes, ModelMeta, Path]:
             f"{METADATA_KEY!r}), so the model cannot be rebuilt. Write it with "
             "transferkit.save_model."
         )
-    return path.read_bytes(), _meta_from_json(metadata[METADATA_KEY], path), path
+    return path, metadata
+
+
+def _verified_state(path: Path, metadata: dict[str, str]) -> dict[str, torch.Tensor]:
+    """Read the tensors and check them (and the metadata) against the digest record."""
+    try:
+        state = load_safetensors(path.read_bytes())
+    except Exception as exc:  # noqa: BLE001  # safetensors raises several private types
+        raise CheckpointError(
+            f"{str(path)!r} is not a readable safetensors model file ({exc}). Write it "
+            "again with `transferkit train` or save_model."
+        ) from exc
+    others = {k: v for k, v in metadata.items() if k != DIGEST_KEY}
+    if DIGEST_KEY not in metadata:
+        warnings.warn(
+            f"Model file {str(path)!r} has no digest record ({DIGEST_KEY!r}): it was written "
+            "by an older transferkit or another tool, so damaged bytes cannot be detected. "
+            "HINT: load it once and write it again with transferkit.save_model.",
+            stacklevel=3,
+        )
+        return state
+    bad = damaged_entries(metadata[DIGEST_KEY], state, others)
+    if bad:
+        raise CheckpointError(
+            f"Model file {str(path)!r} is corrupt: {describe_damaged(bad)}, so its bytes "
+            "changed after it was written (disk, copy or transfer error); nothing was "
+            "loaded. Use another copy of the file, or write it again with save_model."
+        )
+    return state
 
 
 def read_meta(path: str | os.PathLike[str]) -> ModelMeta:
     """Return the metadata of a model file without building the model.
+
+    Only the file's header is read, so its tensors are not verified here; :func:`load_model`
+    verifies them.
 
     Args:
         path: A file written by :func:`save_model`.
@@ -205,7 +251,8 @@ def read_meta(path: str | os.PathLike[str]) -> ModelMeta:
     Raises:
         CheckpointError: Missing, truncated or not a model file.
     """
-    return _read(path)[1]
+    path, metadata = _header(path)
+    return _meta_from_json(metadata[METADATA_KEY], path)
 
 
 def load_model(
@@ -214,7 +261,10 @@ def load_model(
     """Rebuild the model stored in a model file, in eval mode.
 
     No pretrained weights are needed: the architecture is built with random weights and
-    every tensor is then loaded from the file (strictly: same names and shapes).
+    every tensor is then loaded from the file (strictly: same names and shapes, all
+    checked before any is copied). The content is verified first against the digest record
+    :func:`save_model` writes; a file without one (an older transferkit) loads with a
+    warning that it could not be verified.
 
     Args:
         path: A file written by :func:`save_model`.
@@ -224,25 +274,27 @@ def load_model(
         ``(model, meta)``.
 
     Raises:
-        CheckpointError: Missing, truncated or not a model file; a backbone this
-            installation does not know; weights that do not fit the architecture.
+        CheckpointError: Missing, truncated, corrupt (the message names the damaged tensor)
+            or not a model file; a backbone this installation does not know; weights that
+            do not fit the architecture.
     """
-    data, meta, path = _read(path)
+    path, metadata = _header(path)
+    meta = _meta_from_json(metadata[METADATA_KEY], path)
+    state = _verified_state(path, metadata)
     try:
-        state = load_safetensors(data)
         model = create(meta.backbone, meta.num_classes, in_chans=meta.in_chans, pretrained=False)
-        model.load_state_dict(state, strict=True)
     except TransferKitError as exc:
         raise CheckpointError(
             f"Cannot rebuild the model of {str(path)!r} (backbone {meta.backbone!r}): {exc} "
             "Install the package that provides the backbone, or use the transferkit "
             "version that wrote the file."
         ) from exc
-    except (RuntimeError, ValueError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
+    state, problem = fitted(model, state)  # a file saved from a compiled model: _orig_mod.
+    if problem is not None:
         raise CheckpointError(
             f"The weights in {str(path)!r} do not fit backbone {meta.backbone!r} "
-            f"(num_classes={meta.num_classes}, in_chans={meta.in_chans}): {first} "
+            f"(num_classes={meta.num_classes}, in_chans={meta.in_chans}): {problem}. "
             "The file may be corrupt, or was written by another transferkit version."
-        ) from exc
+        )
+    model.load_state_dict(state, strict=True)
     return model.to(device).eval(), meta

@@ -19,8 +19,11 @@ name only: nothing is read or downloaded.
 
 Files are only ever read with ``safetensors`` or ``torch.load(..., weights_only=True)``;
 a sha256 prefix in the file name (``resnet18-f37072fd.pth``) is verified, like
-``torch.hub``'s ``check_hash``. Weights are checked name by name and shape by shape
-before anything is copied into a model.
+``torch.hub``'s ``check_hash``, and so is the sha256 a Hugging Face cache blob is named by.
+The content is verified before it is used: the CRC-32 of every entry of a ``torch.save``
+zip file, and the digest record of a safetensors file written by transferkit (a
+third-party safetensors file has none, so only its structure is checked). Weights are
+checked name by name and shape by shape before anything is copied into a model.
 """
 
 from __future__ import annotations
@@ -38,7 +41,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file as load_safetensors
+from safetensors import safe_open
 from torch import nn
 
 from transferkit._env import (
@@ -47,12 +50,16 @@ from transferkit._env import (
     torch_hub_checkpoints_dir,
     transferkit_cache_dir,
 )
+from transferkit._integrity import DIGEST_KEY, damaged_entries, describe_damaged, zip_damage
+from transferkit._state_dict import mismatch, strip_wrapper_prefixes
+from transferkit.adaptation.core import unwrap
 from transferkit.errors import WeightsError, WeightsMismatchError, WeightsNotFoundError
 
 __all__ = [
     "WeightsLocation",
     "WeightsSource",
     "hash_prefix",
+    "hf_blob_sha256",
     "load_checked",
     "load_file",
     "locate_weights",
@@ -63,6 +70,7 @@ logger = logging.getLogger(__name__)
 
 # torch.hub's convention: <name>-<sha256 prefix>.<ext>
 _HASH_RE = re.compile(r"-([a-f0-9]{6,64})\.")
+_SHA256_RE = re.compile(r"[a-f0-9]{64}")
 _WRAPPER_KEYS = ("state_dict", "model_state_dict", "model")
 
 
@@ -127,10 +135,8 @@ def _unwrap(obj: Any, path: Path) -> dict[str, torch.Tensor]:
             f"Weights file {str(path)!r} holds non-tensor entries ({bad[0]!r}...); "
             "expected a flat state dict of tensors."
         )
-    state = {str(k): v for k, v in obj.items()}
-    if all(k.startswith("module.") for k in state):  # saved from DataParallel/DDP
-        state = {k[len("module.") :]: v for k, v in state.items()}
-    return state
+    # Saved from a DDP/DataParallel or torch.compile wrapper: module. / _orig_mod. prefixes.
+    return strip_wrapper_prefixes({str(k): v for k, v in obj.items()})
 
 
 def load_file(
@@ -139,7 +145,10 @@ def load_file(
     """Read a state dict from a ``.safetensors`` or ``.pth``/``.bin`` file, safely.
 
     Nothing in the file is executed: safetensors holds no code, and pickles are read
-    with ``torch.load(weights_only=True)``, which refuses non-allowlisted globals.
+    with ``torch.load(weights_only=True)``, which refuses non-allowlisted globals. The
+    content is verified first: the CRC-32 of every entry of a ``torch.save`` zip file, the
+    digest record of a safetensors file written by transferkit (a third-party safetensors
+    file has none: only its structure is checked), and ``sha256_prefix`` when given.
 
     Args:
         path: The weights file.
@@ -150,8 +159,9 @@ def load_file(
 
     Raises:
         WeightsNotFoundError: The file does not exist.
-        WeightsError: The file is truncated, corrupt, fails its hash, is not a state
-            dict, or references code that is not allowed.
+        WeightsError: The file is truncated, corrupt (the message names the damaged zip
+            entry or tensor), fails its hash, is not a state dict, or references code that
+            is not allowed.
     """
     path = Path(path).expanduser()
     if not path.is_file():
@@ -167,15 +177,27 @@ def load_file(
                 f"{actual[: len(sha256_prefix)]!r}, expected {sha256_prefix!r}. The file is "
                 "corrupt or was replaced; delete it and fetch it again."
             )
+    fix = "delete it and fetch it again."
     if path.suffix == ".safetensors":
         try:
-            obj: Any = load_safetensors(str(path), device="cpu")
+            with safe_open(str(path), framework="pt", device="cpu") as f:
+                metadata = dict(f.metadata() or {})
+                obj: Any = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
         except Exception as exc:  # safetensors raises several types for bad headers
             raise WeightsError(
                 f"Cannot read safetensors file {str(path)!r}: {exc}. The file is truncated "
-                "or corrupt; delete it and fetch it again."
+                f"or corrupt; {fix}"
             ) from exc
+        record = metadata.pop(DIGEST_KEY, None)
+        bad = damaged_entries(record, obj, metadata) if record is not None else []
+        if bad:
+            raise WeightsError(f"Weights file {str(path)!r} is corrupt: {describe_damaged(bad)}; "
+                               f"nothing was loaded. {fix.capitalize()}")
         return _unwrap(obj, path)
+    damage = zip_damage(path)
+    if damage is not None:
+        raise WeightsError(f"Weights file {str(path)!r} is corrupt: {damage.describe()}; "
+                           f"nothing was loaded. {fix.capitalize()}")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
@@ -188,9 +210,25 @@ def load_file(
     except Exception as exc:  # truncated zip, bad magic number, EOF...
         raise WeightsError(
             f"Cannot read weights file {str(path)!r}: {type(exc).__name__}: {exc}. The file "
-            "is truncated or corrupt; delete it and fetch it again."
+            f"is truncated or corrupt; {fix}"
         ) from exc
     return _unwrap(obj, path)
+
+
+def hf_blob_sha256(path: str | os.PathLike[str]) -> str | None:
+    """Return the sha256 a Hugging Face cache file is named by, if it is a link to a blob.
+
+    The cache stores each large file once, as ``blobs/<sha256 of its content>``, and
+    ``snapshots/<revision>/<name>`` links to it. A file that is not such a link (a copy,
+    or a cache without symlinks) has no name to check against: ``None``.
+
+    Args:
+        path: A file in a snapshot folder.
+    """
+    blob = Path(path).resolve()
+    if blob.parent.name == "blobs" and _SHA256_RE.fullmatch(blob.name):
+        return blob.name
+    return None
 
 
 def _hf_candidates(source: WeightsSource) -> tuple[list[Path], str]:
@@ -302,7 +340,7 @@ def locate_weights(source: WeightsSource) -> WeightsLocation:
         hf_files, shown = _hf_candidates(source)
         for file in hf_files:
             if file.is_file():
-                return found("Hugging Face cache", file, None)
+                return found("Hugging Face cache", file, hf_blob_sha256(file))
         tried.append(f"Hugging Face cache: {shown} (not found)")
     else:
         tried.append("Hugging Face cache: not applicable (no Hugging Face repository)")
@@ -415,7 +453,8 @@ def load_checked(model: nn.Module, state_dict: Mapping[str, torch.Tensor], *, or
     """Copy ``state_dict`` into ``model`` after checking every name and shape.
 
     Nothing is copied unless everything fits, so a failed load leaves the model as it was.
-    ``num_batches_tracked`` buffers may be absent (older checkpoints).
+    ``num_batches_tracked`` buffers may be absent (older checkpoints). A compiled or DDP
+    model is loaded through :func:`~transferkit.adaptation.core.unwrap`.
 
     Args:
         model: The model, in the weights' original architecture.
@@ -425,26 +464,12 @@ def load_checked(model: nn.Module, state_dict: Mapping[str, torch.Tensor], *, or
     Raises:
         WeightsMismatchError: A tensor's shape differs, or names are missing/unexpected.
     """
-    expected = model.state_dict()
-    for key, ref in expected.items():
-        if key in state_dict and tuple(state_dict[key].shape) != tuple(ref.shape):
-            raise WeightsMismatchError(
-                f"Weights from {origin} do not fit the architecture: {key!r} has shape "
-                f"{tuple(state_dict[key].shape)} in the file but {tuple(ref.shape)} in the "
-                "model. Weights are loaded into the original architecture (original "
-                "num_classes and in_chans); check that the file belongs to this backbone."
-            )
-    missing = [k for k in expected if k not in state_dict and not k.endswith("num_batches_tracked")]
-    unexpected = [k for k in state_dict if k not in expected]
-    if missing or unexpected:
-        parts = []
-        if missing:
-            parts.append(f"{len(missing)} missing (first: {missing[0]!r})")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected (first: {unexpected[0]!r})")
+    target = unwrap(model)
+    problem = mismatch(target, state_dict, optional_suffixes=("num_batches_tracked",))
+    if problem is not None:
         raise WeightsMismatchError(
-            f"Weights from {origin} do not fit the architecture: tensor names differ, "
-            + " and ".join(parts)
-            + ". Check that the file belongs to this backbone."
+            f"Weights from {origin} do not fit the architecture: {problem}. Weights are "
+            "loaded into the original architecture (original num_classes and in_chans); "
+            "check that the file belongs to this backbone."
         )
-    model.load_state_dict(dict(state_dict), strict=True)
+    target.load_state_dict(dict(state_dict), strict=True)

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from transferkit.adaptation.core import ModelView, get_info, recorded_info
+from transferkit.adaptation.core import ModelView, get_info, recorded_info, unwrap
 from transferkit.errors import DataError, TransferKitError
 from transferkit.train.checkpoint import get_rng_state, set_rng_state
 
@@ -178,9 +178,7 @@ def model_in_chans(model: nn.Module) -> int | None:
     in its :class:`~transferkit.adaptation.core.AdaptInfo`. Nothing is discovered (no dummy
     forward pass): other models get the two-sample forward check only.
     """
-    inner = model
-    while isinstance(inner, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
-        inner = inner.module
+    inner = unwrap(model, views=False)  # a compiled or DDP view says it too
     if isinstance(inner, ModelView):
         return inner.input_channels
     info = recorded_info(inner)

@@ -1,7 +1,10 @@
 """Write and read training checkpoints safely.
 
 A checkpoint is a plain ``dict`` of tensors and plain Python values, so it loads with
-``torch.load(path, weights_only=True)``: loading never runs code from the file.
+``torch.load(path, weights_only=True)``: loading never runs code from the file. Before
+that, the CRC-32 of every entry of the zip file ``torch.save`` writes is checked
+(:func:`transferkit._integrity.zip_damage`), because ``torch.load`` ignores it: damaged
+bytes raise :class:`~transferkit.errors.CheckpointError`, they never load.
 
 Writes are atomic (:func:`transferkit._io.atomic_write_bytes`): a process killed at any
 moment leaves either the previous file or the new one, never a half.
@@ -18,6 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from transferkit._integrity import zip_damage
 from transferkit._io import atomic_write_bytes
 from transferkit.errors import CheckpointError
 
@@ -69,13 +73,21 @@ def load_checkpoint(
         The checkpoint dictionary.
 
     Raises:
-        CheckpointError: The file is missing, truncated, corrupt or not a dictionary.
+        CheckpointError: The file is missing, truncated, not a dictionary, or corrupt: an
+            entry fails its CRC-32 check (the message names the entry and its tensors).
     """
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(
             f"Checkpoint {str(path)!r} does not exist. Pass the path of a file written by "
             "the Trainer, e.g. '<out_dir>/last.pt'."
+        )
+    damage = zip_damage(path)
+    if damage is not None:
+        raise CheckpointError(
+            f"Checkpoint {str(path)!r} is corrupt: {damage.describe()}, so its bytes "
+            "changed after it was written (disk, copy or transfer error); nothing was loaded. "
+            "Use another checkpoint (e.g. 'best.pt' or 'last.pt') or start without resume."
         )
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)

@@ -36,6 +36,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from transferkit import _validate
 from transferkit._io import atomic_write_bytes
+from transferkit.adaptation.core import unwrap
 from transferkit.adaptation.freezing import GradualUnfreezing, freeze, freeze_state
 from transferkit.errors import ConfigError, DataError, NonFiniteLossError, closest
 from transferkit.train.batch_checks import check_first_batch, data_len, set_data_epoch
@@ -63,7 +64,13 @@ from transferkit.train.interrupts import sigint_requests_stop
 from transferkit.train.metrics import MetricSums
 from transferkit.train.optim import default_optimizer, schedule_steps
 from transferkit.train.schedules import stretch_schedule, warmup_cosine_scheduler
-from transferkit.train.state import CHECKPOINT_FORMAT, freeze_record, load_into, read_state
+from transferkit.train.state import (
+    CHECKPOINT_FORMAT,
+    freeze_record,
+    load_into,
+    model_state,
+    read_state,
+)
 
 __all__ = ["Trainer", "check_trainer_args"]
 
@@ -254,7 +261,8 @@ class Trainer:
                 self.model, every=self.unfreeze_every, bn=freeze_state(self.model)["bn"]
             )
             held = {id(p) for group in self.optimizer.param_groups for p in group["params"]}
-            missing = [n for n, p in self.model.named_parameters() if id(p) not in held]
+            named = unwrap(self.model, views=False).named_parameters()  # no _orig_mod. names
+            missing = [n for n, p in named if id(p) not in held]
             if missing:
                 warnings.warn(
                     f"unfreeze_every={self.unfreeze_every} but the optimizer lacks "
@@ -584,11 +592,16 @@ class Trainer:
         )
 
     def state_dict(self) -> dict[str, Any]:
-        """Return everything needed to resume, as tensors and plain values."""
+        """Return everything needed to resume, as tensors and plain values.
+
+        ``"model"`` holds the tensors of the model without its ``torch.compile`` or DDP
+        wrapper (their names have no ``_orig_mod.``/``module.`` prefix), so a checkpoint of
+        a compiled run resumes into the plain model and the other way round.
+        """
         mid_epoch = self.batch_in_epoch > 0
         return {
             "format": CHECKPOINT_FORMAT,
-            "model": self.model.state_dict(),
+            "model": model_state(self.model),  # without torch.compile/DDP wrappers
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
             "scaler": self.scaler.state_dict() if self.scaler is not None else None,
