@@ -39,17 +39,19 @@ def test_classes_labels_and_pixels(tmp_path):
 def test_grayscale_and_rectangular_size_with_centre_crop(tmp_path):
     root = tmp_path / "d"
     (root / "x").mkdir(parents=True)
+    (root / "y").mkdir()
     img = Image.new("L", (40, 20), 0)
     img.paste(255, (10, 0, 30, 20))  # white centre square, black sides
     img.save(root / "x" / "0.png")
+    img.save(root / "y" / "0.png")  # a second class: one class is an error
     data = load_image_folder(root, image_size=(10, 10), in_chans=1, val_fraction=0.0)
-    assert data.train_images.shape == (1, 1, 10, 10)
+    assert data.train_images.shape == (2, 1, 10, 10)
     # Shorter side to 10 px, then the centre 10x10 is kept: the black sides are cut off
     # (the outermost columns are only blurred by the bilinear filter).
     assert bool((data.train_images[..., 1:-1] == 255).all())
     assert int(data.train_images.min()) > 200
     wide = load_image_folder(root, image_size=(5, 10), in_chans=1, val_fraction=0.0)
-    assert wide.train_images.shape == (1, 1, 5, 10)  # same aspect ratio: nothing cropped
+    assert wide.train_images.shape == (2, 1, 5, 10)  # same aspect ratio: nothing cropped
     assert int(wide.train_images[0, 0, 2, 0]) < 60 and int(wide.train_images[0, 0, 2, 5]) == 255
 
 
@@ -78,7 +80,7 @@ def test_undecodable_files_are_skipped_with_a_warning(tmp_path):
 
 
 def test_no_warning_when_everything_decodes(tmp_path):
-    root = _make(tmp_path, {"a": 1})
+    root = _make(tmp_path, {"a": 1, "b": 1})
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         load_image_folder(root, image_size=4)

@@ -71,6 +71,7 @@ def main() -> None:
     steps = torch.tensor([trainer.step])
     all_steps = [torch.zeros_like(steps) for _ in range(2)]
     dist.all_gather(all_steps, steps)
+    restored = trainer.restored_epoch or len(history)
     if trainer.dist.is_main:
         result = {
             "identical": all(torch.equal(gathered[0], t) for t in gathered[1:]),
@@ -80,7 +81,10 @@ def main() -> None:
             "bad_data": messages,
             "history_len": len(history),
             "steps": [int(s) for s in all_steps],
-            "eval_matches_history": ev_loader["acc"] == history[-1]["val_acc"],
+            # The model ends with the best epoch's weights (restore_best), on every rank.
+            "restored_epoch": trainer.restored_epoch,
+            "best_epoch": trainer.best["epoch"],
+            "eval_matches_history": ev_loader["acc"] == history[restored - 1]["val_acc"],
         }
     cleanup()
     if trainer.dist.is_main:

@@ -89,6 +89,7 @@ def test_ddp_two_processes_on_cpu(tmp_path):
     assert result["identical"] is True  # parameters equal on both ranks
     assert result["loader_count"] == 23 and result["list_count"] == 23  # odd size, once each
     assert result["tensor_loader_count"] in (23, None)  # None: transferkit.pipeline absent
+    assert result["restored_epoch"] == result["best_epoch"] is not None
     assert result["eval_matches_history"] is True
     assert result["history_len"] == 3
     rank0, rank1 = result["bad_data"]

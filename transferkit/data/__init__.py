@@ -5,7 +5,8 @@ The code lives in one module per idea:
 - :mod:`transferkit.data.fashion`: find, verify and load FashionMNIST;
 - :mod:`transferkit.data.pipeline`: the in-memory batch pipeline (:class:`TensorLoader`);
 - :mod:`transferkit.data.augment`: its batch augmentations (:class:`Augment`);
-- :mod:`transferkit.data.image_folder`: a user's ``ImageFolder``-style folder, loaded into memory;
+- :mod:`transferkit.data.folder_layout`: which folder of a user's image folder holds which split;
+- :mod:`transferkit.data.image_folder`: a user's image folder, loaded into memory;
 - :mod:`transferkit.data.image_files`: which files under a folder are images.
 
 This layer knows tensors and files, not models: it imports only the base modules.
@@ -21,25 +22,34 @@ from transferkit.data.fashion import (
     fashion_mnist_search_paths,
     read_idx,
 )
+from transferkit.data.folder_layout import LAYOUTS, SPLIT_NAMES, SplitFolders, find_splits
 from transferkit.data.image_files import list_images
 from transferkit.data.image_folder import (
+    DEFAULT_VAL_FRACTION,
     IMG_EXTENSIONS,
     ImageFolderData,
+    SplitSource,
     decode_image,
     load_image_folder,
 )
 from transferkit.data.pipeline import TensorLoader
 
 __all__ = [
+    "DEFAULT_VAL_FRACTION",
     "FASHION_MNIST_CLASSES",
     "IMG_EXTENSIONS",
+    "LAYOUTS",
+    "SPLIT_NAMES",
     "Augment",
     "FashionMNIST",
     "ImageFolderData",
+    "SplitFolders",
+    "SplitSource",
     "TensorLoader",
     "decode_image",
     "fashion_mnist",
     "fashion_mnist_search_paths",
+    "find_splits",
     "list_images",
     "load_image_folder",
     "read_idx",

@@ -1,22 +1,29 @@
-"""Load a user's image folder (torchvision ``ImageFolder`` layout) into memory.
+"""Load a user's image folder into memory: class folders, or train/val/test split folders.
 
-The layout is ``root/<class name>/<image file>``; class names are the sorted subfolder
-names and label ``i`` is ``classes[i]``, as in torchvision. Every image is decoded once
-with PIL, converted to ``in_chans`` channels (1: ``"L"``, 3: ``"RGB"``), resized so its
-shorter side is ``image_size`` and centre-cropped to a square, and stored in one ``uint8``
-tensor ``[N, C, H, W]`` that :class:`transferkit.data.pipeline.TensorLoader` can serve.
+Which folder holds which split is decided by :mod:`transferkit.data.folder_layout`:
+``root/<class>/<image>`` (torchvision's ``ImageFolder``), or ``root/train/<class>/``,
+``root/val/<class>/`` and ``root/test/<class>/`` (torchvision's and Hugging Face's split
+layout), or separate ``val=``/``test=`` folders. Class names are the sorted subfolder names
+and label ``i`` is ``classes[i]``, as in torchvision. Every image is decoded once with PIL,
+converted to ``in_chans`` channels (1: ``"L"``, 3: ``"RGB"``), resized so its shorter side
+is ``image_size`` and centre-cropped, and stored in one ``uint8`` tensor ``[N, C, H, W]``
+per split that :class:`transferkit.data.pipeline.TensorLoader` can serve.
 
 Files that cannot be decoded are skipped with one warning giving their count (their paths
-are kept in :attr:`ImageFolderData.skipped`). The train/validation split is seeded and
-stratified: each class contributes ``round(val_fraction * n_class)`` images to validation.
+are kept in :attr:`ImageFolderData.skipped`). Without a validation folder, validation is
+split from train, seeded and stratified: each class contributes
+``round(val_fraction * n_class)`` images. :attr:`ImageFolderData.sources` records where
+each split came from.
 """
 
 from __future__ import annotations
 
 import logging
+import numbers
 import os
 import warnings
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -24,9 +31,17 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from transferkit import _validate
-from transferkit.errors import ConfigError, DataError, DataNotFoundError
+from transferkit.data.folder_layout import Layout, find_splits
+from transferkit.errors import ConfigError, DataError
 
-__all__ = ["IMG_EXTENSIONS", "ImageFolderData", "decode_image", "load_image_folder"]
+__all__ = [
+    "DEFAULT_VAL_FRACTION",
+    "IMG_EXTENSIONS",
+    "ImageFolderData",
+    "SplitSource",
+    "decode_image",
+    "load_image_folder",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -35,11 +50,46 @@ IMG_EXTENSIONS: tuple[str, ...] = (
     ".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp",
 )
 _MODES = {1: "L", 3: "RGB"}
+#: The fraction of each class held out for validation when no validation folder exists.
+DEFAULT_VAL_FRACTION = 0.2
+_SPLIT_TITLES = {"train": "train", "val": "validation", "test": "test"}
+
+
+@dataclass(frozen=True)
+class SplitSource:
+    """Where the images of one split came from; ``str()`` says it in words for a report.
+
+    Attributes:
+        folder: The folder read; for validation split from train, train's folder.
+        count: The split's number of images.
+        fraction: For validation split from train at random: the fraction of each class
+            held out; ``None`` for a split read from its own folder.
+        seed: The seed of that random split; ``None`` for a split read from a folder.
+
+    Example:
+        >>> str(SplitSource("data/val", 120))
+        'data/val (120 images)'
+        >>> str(SplitSource("data", 120, fraction=0.2, seed=0))
+        '20% of train, stratified, seed 0 (120 images)'
+    """
+
+    folder: str
+    count: int
+    fraction: float | None = None
+    seed: int | None = None
+
+    def __str__(self) -> str:
+        if self.fraction is None:
+            return f"{self.folder} ({self.count} images)"
+        if self.fraction == 0:
+            return "none (val_fraction=0)"
+        return (f"{self.fraction * 100:g}% of train, stratified, seed {self.seed} "
+                f"({self.count} images)")
 
 
 @dataclass(frozen=True, eq=False)
 class ImageFolderData:
-    """An image folder held in memory, split into train and validation.
+    """An image folder held in memory: train, validation and (when present) test splits.
 
     Attributes:
         train_images: ``uint8`` tensor ``[N_train, C, H, W]``.
@@ -49,6 +99,12 @@ class ImageFolderData:
         classes: Class names, indexed by label (sorted folder names).
         skipped: Paths of files that could not be decoded.
         root: The folder read.
+        test_images: ``uint8`` tensor ``[N_test, C, H, W]``; ``None`` without a test split.
+        test_labels: ``int64`` tensor ``[N_test]``; ``None`` without a test split.
+        layout: How ``root`` was read: ``"classes"`` (``root/<class>``) or ``"split"``
+            (``root/train/<class>``...).
+        sources: Where each split came from: ``"train"``, ``"val"`` and, when present,
+            ``"test"`` map to a :class:`SplitSource`.
     """
 
     train_images: torch.Tensor
@@ -58,6 +114,14 @@ class ImageFolderData:
     classes: tuple[str, ...]
     skipped: tuple[str, ...]
     root: str
+    test_images: torch.Tensor | None = None
+    test_labels: torch.Tensor | None = None
+    layout: str = "classes"
+    sources: Mapping[str, SplitSource] = field(default_factory=dict)
+
+    def describe(self) -> list[str]:
+        """Return one line per split, e.g. ``"validation: data/val (120 images)"``."""
+        return [f"{_SPLIT_TITLES[split]}: {source}" for split, source in self.sources.items()]
 
 
 def _to_8_bit(img: Image.Image) -> Image.Image:
@@ -116,24 +180,43 @@ def load_image_folder(
     *,
     image_size: int | tuple[int, int],
     in_chans: int = 3,
-    val_fraction: float = 0.2,
+    val_fraction: float | None = None,
     seed: int = 0,
+    val: str | os.PathLike[str] | None = None,
+    test: str | os.PathLike[str] | None = None,
+    layout: Layout = "auto",
 ) -> ImageFolderData:
-    """Load ``root/<class>/<image>`` into memory, resized, with a seeded stratified split.
+    """Load an image folder into memory, resized, with its train, validation and test splits.
+
+    ``root`` is either class folders, ``root/<class>/<image>``, or split folders,
+    ``root/train/<class>/<image>`` with ``root/val/`` (or ``valid/``, ``validation/``) and
+    ``root/test/`` beside it; the rule that tells them apart (a class may be named
+    ``train``) is in :mod:`transferkit.data.folder_layout`. Validation comes from
+    ``root/val/`` or ``val=``; without either, it is split from train, seeded and
+    stratified. Test comes from ``root/test/`` or ``test=``, if any.
 
     Args:
-        root: The folder holding one subfolder per class.
+        root: Class folders or split folders.
         image_size: Stored size: an int for a square, or ``(height, width)``.
         in_chans: 1 (grayscale) or 3 (RGB).
-        val_fraction: Fraction of each class held out for validation, in ``[0, 1)``.
-        seed: Seed of the split.
+        val_fraction: Fraction of each class held out for validation, in ``[0, 1)``, when
+            there is no validation folder; default ``DEFAULT_VAL_FRACTION`` (0.2).
+        seed: Seed of that split.
+        val: A separate folder of validation images, ``val/<class>/<image>``.
+        test: A separate folder of test images, ``test/<class>/<image>``.
+        layout: ``"auto"`` (the rule), ``"classes"`` or ``"split"``: how ``root`` is read.
 
     Returns:
-        The images, labels and class names, split into train and validation.
+        The images, labels and class names of every split, and where each came from
+        (:attr:`ImageFolderData.sources`).
 
     Raises:
-        DataNotFoundError: ``root`` does not exist or is not a folder.
-        DataError: No class folder, a class folder without readable images.
+        DataNotFoundError: ``root``, ``val`` or ``test`` does not exist or is not a folder.
+        ConfigError: A bad argument; ``val_fraction`` given while validation has a folder;
+            ``val``/``test`` given while ``root`` has its own; one folder for two splits.
+        DataError: No class folder or a single one; class folders that differ between
+            splits; split and class folders mixed in ``root``; a class folder without
+            readable images.
 
     Example:
         >>> import tempfile
@@ -146,30 +229,74 @@ def load_image_folder(
         >>> data = load_image_folder(root, image_size=16, val_fraction=0.2)
         >>> data.classes, tuple(data.train_images.shape), tuple(data.val_images.shape)
         (('cat', 'dog'), (8, 3, 16, 16), (2, 3, 16, 16))
+        >>> data.layout, str(data.sources["val"])
+        ('classes', '20% of train, stratified, seed 0 (2 images)')
     """
     size = _validate.image_size(image_size)
     if in_chans not in _MODES:
         raise ConfigError(f"in_chans={in_chans!r} must be 1 (grayscale) or 3 (RGB).")
-    if not 0.0 <= val_fraction < 1.0:
+    if val_fraction is not None and (
+        isinstance(val_fraction, bool) or not isinstance(val_fraction, numbers.Real)
+        or not 0.0 <= val_fraction < 1.0
+    ):
         raise ConfigError(f"val_fraction={val_fraction!r} must lie in [0, 1), e.g. 0.2.")
+    folders = find_splits(root, val=val, test=test, layout=layout)
+    if folders.val is not None and val_fraction is not None:
+        raise ConfigError(
+            f"val_fraction={val_fraction!r} splits validation from train, but validation "
+            f"comes from the folder {str(folders.val)!r}; leave val_fraction out."
+        )
+    skipped: list[str] = []
+    images, labels = _read_split(folders.train, folders.classes, in_chans, size, skipped)
+    sources: dict[str, SplitSource] = {}
+    if folders.val is None:
+        fraction = DEFAULT_VAL_FRACTION if val_fraction is None else float(val_fraction)
+        val_mask = _stratified_val_mask(labels, len(folders.classes), fraction, seed)
+        val_images, val_labels = images[val_mask], labels[val_mask]
+        images, labels = images[~val_mask], labels[~val_mask]
+        sources["train"] = SplitSource(str(folders.train), len(labels))
+        sources["val"] = SplitSource(str(folders.train), len(val_labels), fraction, seed)
+    else:
+        sources["train"] = SplitSource(str(folders.train), len(labels))
+        val_images, val_labels = _read_split(folders.val, folders.classes, in_chans, size,
+                                             skipped)
+        sources["val"] = SplitSource(str(folders.val), len(val_labels))
+    test_images = test_labels = None
+    if folders.test is not None:
+        test_images, test_labels = _read_split(folders.test, folders.classes, in_chans, size,
+                                               skipped)
+        sources["test"] = SplitSource(str(folders.test), len(test_labels))
+    if skipped:
+        warnings.warn(
+            f"Skipped {len(skipped)} file(s) that could not be decoded, e.g. {skipped[0]!r}; "
+            f"see ImageFolderData.skipped for all of them.",
+            stacklevel=2,
+        )
     folder = Path(root).expanduser()
-    if not folder.is_dir():
-        raise DataNotFoundError(
-            f"Image folder {str(folder)!r} does not exist or is not a folder. Pass the folder "
-            f"that holds one subfolder per class (root/<class>/<image>)."
-        )
-    classes = sorted(
-        entry.name for entry in os.scandir(folder)
-        if entry.is_dir() and not entry.name.startswith(".")
+    logger.info("Loaded %d classes from %s (%s layout): %s", len(folders.classes), folder,
+             folders.layout, "; ".join(f"{_SPLIT_TITLES[k]} {v}" for k, v in sources.items()))
+    return ImageFolderData(
+        train_images=images,
+        train_labels=labels,
+        val_images=val_images,
+        val_labels=val_labels,
+        classes=folders.classes,
+        skipped=tuple(skipped),
+        root=str(folder),
+        test_images=test_images,
+        test_labels=test_labels,
+        layout=folders.layout,
+        sources=sources,
     )
-    if not classes:
-        raise DataError(
-            f"{str(folder)!r} holds no class subfolders; expected root/<class>/<image>, "
-            f"like torchvision's ImageFolder."
-        )
+
+
+def _read_split(
+    folder: Path, classes: tuple[str, ...], in_chans: int, size: tuple[int, int],
+    skipped: list[str],
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Decode ``folder/<class>/**`` for every class; append undecodable paths to ``skipped``."""
     images: list[torch.Tensor] = []
     labels: list[int] = []
-    skipped: list[str] = []
     for label, name in enumerate(classes):
         files = sorted(
             p for p in (folder / name).rglob("*")
@@ -194,28 +321,7 @@ def load_image_folder(
                 f"No image in class folder {str(folder / name)!r} could be decoded "
                 f"({len(files)} files tried). Replace the files or remove the folder."
             )
-    if skipped:
-        warnings.warn(
-            f"Skipped {len(skipped)} file(s) under {str(folder)!r} that could not be decoded, "
-            f"e.g. {skipped[0]!r}; see ImageFolderData.skipped for all of them.",
-            stacklevel=2,
-        )
-    all_images = torch.stack(images)
-    all_labels = torch.tensor(labels, dtype=torch.long)
-    val_mask = _stratified_val_mask(all_labels, len(classes), val_fraction, seed)
-    logger.info(
-        "Loaded %d images in %d classes from %s (%d for validation)",
-        len(labels), len(classes), folder, int(val_mask.sum()),
-    )
-    return ImageFolderData(
-        train_images=all_images[~val_mask],
-        train_labels=all_labels[~val_mask],
-        val_images=all_images[val_mask],
-        val_labels=all_labels[val_mask],
-        classes=tuple(classes),
-        skipped=tuple(skipped),
-        root=str(folder),
-    )
+    return torch.stack(images), torch.tensor(labels, dtype=torch.long)
 
 
 def _stratified_val_mask(

@@ -40,6 +40,7 @@ from transferkit.adaptation.core import unwrap
 from transferkit.adaptation.freezing import GradualUnfreezing, freeze, freeze_state
 from transferkit.errors import ConfigError, DataError, NonFiniteLossError, closest
 from transferkit.train.batch_checks import check_first_batch, data_len, set_data_epoch
+from transferkit.train.best_weights import BestWeights, is_validation_metric
 from transferkit.train.callbacks import Callback, CallbackList
 from transferkit.train.checkpoint import get_rng_state, save_checkpoint, set_rng_state
 from transferkit.train.devices import PRECISION_DTYPES, Precision, autocast, select_device
@@ -106,6 +107,10 @@ class Trainer:
         monitor: History key that decides the best epoch; default ``"val_loss"``
             (``"train_loss"`` without validation data). Keys with ``acc``/``top`` are maximised.
         patience: Stop after this many epochs without improvement (``None``: never).
+        restore_best: When ``fit`` returns normally (not after Ctrl-C), the model holds
+            the weights of the best epoch by a validation ``monitor`` (``val_*``), kept
+            in memory as one CPU copy (after a resume, read from ``best.pt``) and logged in
+            one line; ``trainer.restored_epoch`` names it. ``False``: the last epoch's.
         freeze: A freezing policy applied at the start of ``fit`` (see
             :func:`transferkit.freeze`); the model's BatchNorm mode (``bn`` of
             ``freeze_state(model)``) is kept.
@@ -115,6 +120,12 @@ class Trainer:
         seed: Seed of the per-epoch shuffling of DataLoaders (a pure function of seed and
             epoch). The global RNGs are not reseeded: call ``torch.manual_seed`` yourself.
         progress: Show a tqdm bar; default: when stderr is a terminal.
+
+    Attributes:
+        restored_epoch: After ``fit``, the epoch (1-based) whose weights the model holds
+            as the best one (``restore_best``); ``None`` when it holds the last epoch's
+            (``restore_best=False``, no validation monitor, an interruption, or
+            ``best.pt`` unreadable after a resume: the log line says which).
 
     Example:
         >>> import torch
@@ -150,6 +161,7 @@ class Trainer:
         topk: Sequence[int] = (1, 5),
         monitor: str | None = None,
         patience: int | None = None,
+        restore_best: bool = True,
         freeze: str | None = None,
         unfreeze_every: int | None = None,
         callbacks: Iterable[Callback] = (),
@@ -175,6 +187,7 @@ class Trainer:
         self.channels_last, self.topk, self.seed = channels_last, tuple(topk), seed
         self.loss_fn = loss_fn if loss_fn is not None else nn.CrossEntropyLoss()
         self.monitor, self._monitor_arg, self.patience = monitor, monitor, patience
+        self.restore_best = restore_best
         self.freeze_policy, self.unfreeze_every = freeze, unfreeze_every
         self.callbacks = CallbackList(callbacks)
         self.out_dir = Path(out_dir) if out_dir is not None else None
@@ -208,6 +221,9 @@ class Trainer:
         self._resume: dict[str, Any] | None = None
         self._epoch_rng: dict[str, Any] | None = None
         self._partial: torch.Tensor | None = None
+        self.restored_epoch: int | None = None
+        self._best_weights = BestWeights()
+        self._best_file: Path | None = None  # best.pt beside the checkpoint resumed from
 
     # ----------------------------------------------------------------- public API
     def fit(
@@ -219,6 +235,9 @@ class Trainer:
         resume: str | os.PathLike[str] | bool | None = None,
     ) -> list[dict[str, Any]]:
         """Train for ``epochs`` epochs, validating after each, and return the history.
+
+        When it returns normally, the model holds the best epoch's weights by the
+        validation ``monitor`` (``restore_best``; ``self.restored_epoch`` says which).
 
         Args:
             train: Iterable of ``(inputs, targets)`` batches (re-iterated every epoch).
@@ -276,6 +295,7 @@ class Trainer:
             self._fit_schedule_to(train_data, epochs)
 
         self.should_stop = self.interrupted = self._sigint = False
+        self.restored_epoch = None
         try:
             with self._sigint_handler():
                 self._fit_epochs(train_data, val_data, epochs)
@@ -314,7 +334,14 @@ class Trainer:
             self.batch_in_epoch = 0
             self.callbacks.fire("on_epoch_end", self)
             self._log_epoch(record, epochs)
-            self._write_epoch_files(improved=self.best["epoch"] == record["epoch"])
+            improved = self.best["epoch"] == record["epoch"]
+            self._write_epoch_files(improved=improved)
+            if improved and self.restore_best and is_validation_metric(self.monitor):
+                self._best_weights.keep(self.model, record["epoch"])
+        if not self.interrupted and self.restore_best:
+            self.restored_epoch = self._best_weights.restore(
+                self.model, best=self.best, history=self.history, monitor=self.monitor,
+                file=self._best_file, dist=self.dist)
         self.callbacks.fire("on_fit_end", self)
 
     @torch.no_grad()
@@ -624,6 +651,7 @@ class Trainer:
             resume = self.out_dir / "last.pt"
         path = Path(resume)  # type: ignore[arg-type]
         state = read_state(path)
+        self._best_file = path.parent / "best.pt"  # holds a best epoch that predates the resume
         load_into(
             state,
             model=self.model,
@@ -690,6 +718,7 @@ def _check_config(**values: Any) -> dict[str, Any]:
         raise ConfigError(f"topk must be positive integers, got {v['topk']!r}; e.g. topk=(1, 5).")
     v["topk"] = tuple(int(k) for k in topk)
     _validate.flag("channels_last", v["channels_last"])
+    _validate.flag("restore_best", v["restore_best"])
     try:
         select_device(v["device"])
     except (RuntimeError, TypeError, ValueError) as exc:
