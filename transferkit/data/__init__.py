@@ -23,10 +23,9 @@ from transferkit.data.fashion import (
     read_idx,
 )
 from transferkit.data.folder_layout import LAYOUTS, SPLIT_NAMES, SplitFolders, find_splits
-from transferkit.data.image_files import list_images
+from transferkit.data.image_files import IMG_EXTENSIONS, list_images
 from transferkit.data.image_folder import (
     DEFAULT_VAL_FRACTION,
-    IMG_EXTENSIONS,
     ImageFolderData,
     SplitSource,
     decode_image,

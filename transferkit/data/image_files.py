@@ -1,7 +1,7 @@
 """Find the image files under a folder, by the image-folder rules.
 
 A file is an image file when its extension, in any case, is one of
-:data:`~transferkit.data.image_folder.IMG_EXTENSIONS`. Files and folders whose name starts
+:data:`IMG_EXTENSIONS`. Files and folders whose name starts
 with ``"."`` are hidden and skipped with everything under them; symbolic links to folders
 are not followed (no loops), as in ``Path.rglob``. The files come back sorted, so a run
 over a folder always visits it in the same order.
@@ -13,10 +13,14 @@ import os
 import warnings
 from pathlib import Path
 
-from transferkit.data.image_folder import IMG_EXTENSIONS
 from transferkit.errors import DataNotFoundError
 
-__all__ = ["list_images"]
+__all__ = ["IMG_EXTENSIONS", "list_images"]
+
+#: File extensions read as images (torchvision's list), in any case.
+IMG_EXTENSIONS: tuple[str, ...] = (
+    ".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp",
+)
 
 
 def _is_image_name(name: str) -> bool:

@@ -32,11 +32,11 @@ from PIL import Image, UnidentifiedImageError
 
 from transferkit import _validate
 from transferkit.data.folder_layout import Layout, find_splits
+from transferkit.data.image_files import IMG_EXTENSIONS, list_images
 from transferkit.errors import ConfigError, DataError
 
 __all__ = [
     "DEFAULT_VAL_FRACTION",
-    "IMG_EXTENSIONS",
     "ImageFolderData",
     "SplitSource",
     "decode_image",
@@ -45,10 +45,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-#: File extensions read as images (torchvision's list).
-IMG_EXTENSIONS: tuple[str, ...] = (
-    ".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp",
-)
 _MODES = {1: "L", 3: "RGB"}
 #: The fraction of each class held out for validation when no validation folder exists.
 DEFAULT_VAL_FRACTION = 0.2
@@ -298,10 +294,7 @@ def _read_split(
     images: list[torch.Tensor] = []
     labels: list[int] = []
     for label, name in enumerate(classes):
-        files = sorted(
-            p for p in (folder / name).rglob("*")
-            if p.is_file() and p.suffix.lower() in IMG_EXTENSIONS
-        )
+        files = list_images(folder / name)
         if not files:
             raise DataError(
                 f"Class folder {str(folder / name)!r} holds no image files "
