@@ -74,7 +74,7 @@ def test_recipes_are_named_and_documented():
         ({"weight_decai": 0.1}, ConfigError, r"Did you mean 'weight_decay'"),
         ({"precision": "fp8"}, ConfigError, r"precision='fp8'"),
         ({"monitor": "val_accuracy"}, ConfigError, r"Did you mean 'val_acc'"),
-        ({"bn": "eval"}, ConfigError, r"bn='eval' is not valid; use one of 'train', 'frozen'"),
+        ({"bn": "eval"}, ConfigError, r"bn='eval' is not valid; use one of 'auto', 'train'"),
     ],
 )
 def test_bad_arguments_fail_before_anything_changes(kwargs, error, match):
@@ -162,7 +162,7 @@ def test_full_recipe_can_keep_batchnorm_frozen(fmnist):
     fine_tune(model, train, recipe="full", epochs=1, device="cpu", bn="frozen")
     assert all(torch.equal(stats[n], b) for n, b in _bn_stats(model).items())
     tk.unfreeze(model)
-    assert tk.freeze_state(model)["bn"] == "train"
+    assert tk.freeze_state(model)["bn"] == "auto"  # the default; nothing frozen: all update
 
 
 def test_bitfit_trains_biases_and_head_only(fmnist):

@@ -690,6 +690,26 @@ def test_gradual_unfreezing_warns_when_the_optimizer_lacks_parameters():
         make(model, epochs=1, optimizer=opt, freeze="body", unfreeze_every=1).fit(rgb_batches(1))
 
 
+def bn_buffers(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {n: b.clone() for n, b in model.named_buffers()
+            if n.rsplit(".", 1)[-1] in ("running_mean", "running_var", "num_batches_tracked")}
+
+
+def test_freeze_body_keeps_the_frozen_bodys_batchnorm_statistics(tmp_path):
+    # Before: freeze="body" left BatchNorm to model.train(), so every training batch moved
+    # the running statistics of the frozen body (and a resumed run restored "train").
+    model = resnet()
+    stats = bn_buffers(model)
+    make(model, epochs=2, optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
+         freeze="body", out_dir=tmp_path).fit(rgb_batches())
+    assert freeze_state(model)["bn"] == "auto"
+    assert all(torch.equal(stats[n], b) for n, b in bn_buffers(model).items())
+    assert torch.load(tmp_path / "last.pt", weights_only=True)["freeze"]["bn"] == "auto"
+    make(model, epochs=3, optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
+         out_dir=tmp_path).fit(rgb_batches(), resume=True)  # the mode comes back with it
+    assert all(torch.equal(stats[n], b) for n, b in bn_buffers(model).items())
+
+
 def test_fit_discovers_the_model_once_at_most(monkeypatch):
     # Before: the default optimizer and the train and val channel checks each ran a dummy
     # forward pass through get_info's discovery, three for a plain Trainer(model).fit().

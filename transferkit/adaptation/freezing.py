@@ -4,9 +4,12 @@ Policies: ``"none"`` (full fine-tuning), ``"body"`` (linear probe: only the head
 trains), ``"stages:k"`` (freeze the stem and the first k stages after it: stages
 ``0..k``), ``"bitfit"`` (biases and head), ``"norm"`` (normalisation layers and head).
 
-``bn="frozen"``: every BatchNorm layer keeps eval behaviour even after
-``model.train()`` (a forward pre-hook switches it back), so its running statistics
-never change. Its affine parameters follow the policy.
+BatchNorm modes (``bn=``): ``"auto"`` (the default) keeps every BatchNorm layer whose
+parameters are all frozen in eval behaviour, even after ``model.train()`` (a forward
+pre-hook switches it back), so the running statistics of the frozen part never change,
+while a BatchNorm layer that trains behaves as usual; ``"frozen"`` does that for every
+BatchNorm layer (their affine parameters still follow the policy); ``"train"`` leaves every
+BatchNorm layer to ``model.train()`` (batch statistics, running averages updated).
 """
 
 from __future__ import annotations
@@ -28,11 +31,11 @@ __all__ = [
 ]
 
 POLICIES = ("none", "body", "stages:k", "bitfit", "norm")
-BN_MODES = ("train", "frozen")
+BN_MODES = ("auto", "train", "frozen")
 _STATE_ATTR = "transferkit_freeze"
-_HOOKS_ATTR = "_transferkit_bn_hooks"
-_NORMS = (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.LayerNorm,
-          nn.modules.instancenorm._InstanceNorm)
+_HOOK_ATTR = "_transferkit_bn_hook"  # on each BatchNorm module held in eval behaviour
+_BATCHNORM = nn.modules.batchnorm._BatchNorm
+_NORMS = (_BATCHNORM, nn.GroupNorm, nn.LayerNorm, nn.modules.instancenorm._InstanceNorm)
 
 
 def _trainable(model: nn.Module, info: AdaptInfo, policy: str) -> set[str]:
@@ -84,16 +87,40 @@ def _bn_eval_hook(module: nn.Module, _args: tuple) -> None:
     module.training = False
 
 
+def _held_in_eval(model: nn.Module, bn: str) -> set[int]:
+    """Return the ids of the BatchNorm modules that ``bn`` keeps in eval behaviour.
+
+    Under ``"auto"`` a BatchNorm layer is held when none of its parameters trains; one
+    without affine parameters follows the layer before it (the last module registered
+    before it that has parameters of its own, normally the convolution it normalises).
+    """
+    if bn == "train":
+        return set()
+    held, previous = set(), list(model.parameters())
+    for module in model.modules():
+        own = list(module.parameters(recurse=False))
+        if isinstance(module, _BATCHNORM):
+            if bn == "frozen" or not any(p.requires_grad for p in own or previous):
+                held.add(id(module))
+        if own:
+            previous = own
+    return held
+
+
 def _set_bn(model: nn.Module, bn: str) -> None:
-    for handle in getattr(model, _HOOKS_ATTR, []):
-        handle.remove()
-    hooks = []
-    if bn == "frozen":
-        for module in model.modules():
-            if isinstance(module, nn.modules.batchnorm._BatchNorm):
-                module.eval()
-                hooks.append(module.register_forward_pre_hook(_bn_eval_hook))
-    setattr(model, _HOOKS_ATTR, hooks)
+    """Hold the BatchNorm modules that ``bn`` freezes in eval behaviour; release the others."""
+    held = _held_in_eval(model, bn)
+    for module in model.modules():
+        if not isinstance(module, _BATCHNORM):
+            continue
+        handle = module.__dict__.pop(_HOOK_ATTR, None)
+        if handle is not None:
+            handle.remove()
+        if id(module) in held:
+            module.eval()
+            setattr(module, _HOOK_ATTR, module.register_forward_pre_hook(_bn_eval_hook))
+        elif handle is not None:  # released (a stage opened): train as the model does
+            module.train(model.training)
 
 
 def _apply(model: nn.Module, trainable: set[str], policy: str, bn: str) -> None:
@@ -104,24 +131,31 @@ def _apply(model: nn.Module, trainable: set[str], policy: str, bn: str) -> None:
     setattr(model, _STATE_ATTR, {"policy": policy, "bn": bn, "frozen": frozen})
 
 
-def freeze(model: nn.Module, policy: str = "body", *, bn: str = "train") -> nn.Module:
+def freeze(model: nn.Module, policy: str = "body", *, bn: str = "auto") -> nn.Module:
     """Set which parameters train according to ``policy``; return the model.
 
     Args:
         model: An adapted model (or any classifier whose head can be discovered).
         policy: One of ``"none"``, ``"body"``, ``"stages:k"``, ``"bitfit"``, ``"norm"``.
-        bn: ``"train"`` (BatchNorm behaves as usual) or ``"frozen"`` (always eval).
+        bn: ``"auto"`` (a BatchNorm layer whose parameters are all frozen keeps its running
+            statistics: eval behaviour, even after ``model.train()``; the others behave as
+            usual), ``"frozen"`` (every BatchNorm layer in eval behaviour) or ``"train"``
+            (every BatchNorm layer as usual: batch statistics in ``model.train()``).
 
     Raises:
         UnknownPolicyError: Unknown policy (the closest valid name is suggested).
         StageIndexError: ``k`` outside the model's stages.
 
     Example:
-        >>> import torchvision, transferkit
+        >>> import torch, torchvision, transferkit
         >>> model = transferkit.adapt(torchvision.models.resnet18(), 10)
         >>> _ = transferkit.freeze(model, "body")
         >>> [n for n, p in model.named_parameters() if p.requires_grad]
         ['fc.weight', 'fc.bias']
+        >>> before = model.bn1.running_mean.clone()
+        >>> _ = model.train()(torch.randn(2, 3, 64, 64))   # a training-mode forward pass
+        >>> torch.equal(before, model.bn1.running_mean)    # the frozen body's statistics
+        True
     """
     policy = _check_policy(policy)
     bn = _validate.choice("bn", bn, BN_MODES)
@@ -132,25 +166,33 @@ def freeze(model: nn.Module, policy: str = "body", *, bn: str = "train") -> nn.M
 
 
 def unfreeze(model: nn.Module) -> nn.Module:
-    """Make every parameter trainable and give BatchNorm its normal behaviour back."""
+    """Make every parameter trainable and give BatchNorm the default mode (``"auto"``) back.
+
+    With every parameter trainable, ``"auto"`` lets every BatchNorm layer behave as usual.
+    """
     model_ = unwrap(model)
-    _apply(model_, {n for n, _ in model_.named_parameters()}, "none", "train")
+    _apply(model_, {n for n, _ in model_.named_parameters()}, "none", "auto")
     return model
 
 
 def freeze_state(model: nn.Module) -> dict:
-    """Return the freezing state as plain Python (safe for ``weights_only`` checkpoints)."""
+    """Return the freezing state as plain Python (safe for ``weights_only`` checkpoints).
+
+    A model that was never frozen reports policy ``"none"`` and the default BatchNorm mode
+    ``"auto"``.
+    """
     state = getattr(unwrap(model), _STATE_ATTR, None)
     if state is None:
-        return {"policy": "none", "bn": "train", "frozen": []}
+        return {"policy": "none", "bn": "auto", "frozen": []}
     return {"policy": state["policy"], "bn": state["bn"], "frozen": list(state["frozen"])}
 
 
 def load_freeze_state(model: nn.Module, state: dict) -> None:
-    """Restore a state from :func:`freeze_state`.
+    """Restore a state from :func:`freeze_state`: trainable parameters and BatchNorm mode.
 
     Raises:
-        ConfigError: If the state names parameters the model does not have.
+        ConfigError: If the state names parameters the model does not have, or an unknown
+            BatchNorm mode.
     """
     model_ = unwrap(model)
     names = {n for n, _ in model_.named_parameters()}
@@ -161,7 +203,8 @@ def load_freeze_state(model: nn.Module, state: dict) -> None:
         raise ConfigError(f"not a freezing state: {state!r:.200}") from exc
     unknown = frozen - names
     if unknown or bn not in BN_MODES:
-        raise ConfigError(f"freezing state does not fit this model: unknown {sorted(unknown)[:5]}")
+        raise ConfigError(f"freezing state does not fit this model: unknown "
+                          f"{sorted(unknown)[:5] if unknown else f'bn={bn!r}'}")
     _apply(model_, names - frozen, policy, bn)
 
 
@@ -193,10 +236,11 @@ class GradualUnfreezing:
     Args:
         model: An adapted model.
         every: Epochs between two unfreezings (>= 1).
-        bn: BatchNorm policy, as in :func:`freeze`.
+        bn: BatchNorm mode, as in :func:`freeze`; with ``"auto"`` a stage's BatchNorm
+            layers start updating their running statistics when the stage opens.
     """
 
-    def __init__(self, model: nn.Module, *, every: int = 1, bn: str = "train") -> None:
+    def __init__(self, model: nn.Module, *, every: int = 1, bn: str = "auto") -> None:
         every = _validate.positive_int("every", every)
         bn = _validate.choice("bn", bn, BN_MODES)
         self.model, self.every, self.bn = unwrap(model), every, bn
