@@ -192,3 +192,32 @@ def test_batchnorm_without_parameters_follows_the_block_it_normalises():
         net.train()
         net(torch.randn(2, 3, 8, 8))
         assert torch.equal(before, net[1].running_mean) is kept, policy
+
+
+# ------------------------------------------------------------------ unfreezing by step
+def test_unfreeze_steps_spreads_the_openings_over_the_first_part_of_the_run():
+    assert tk.adaptation.unfreeze_steps(5, 20, until=0.5) == (2, 4, 6, 8, 10)
+    assert tk.adaptation.unfreeze_steps(8, 189, until=0.5) == (12, 24, 35, 47, 59, 71, 83, 94)
+    assert tk.adaptation.unfreeze_steps(5, 2, until=0.5) == (1, 1, 1, 1, 1)  # head first
+    with pytest.raises(tk.ConfigError, match="until=0"):
+        tk.adaptation.unfreeze_steps(5, 20, until=0)
+
+
+def test_gradual_unfreezing_by_step_is_a_pure_function_of_the_step(model):
+    plan = tk.GradualUnfreezing(model, steps=(2, 4, 6, 8, 10))
+    assert plan.unit == "step" and plan.at == (2, 4, 6, 8, 10)
+    assert plan.update(0) == [] and _trainable(model) == {"fc.weight", "fc.bias"}
+    assert plan.update(1) == []
+    assert plan.update(2) == ["4:layer4"]
+    assert plan.update(3) == []  # nothing due: nothing changes
+    assert plan.update(7) == ["2:layer2", "3:layer3"]
+    fresh = tk.GradualUnfreezing(model, steps=plan.at)
+    fresh.update(9)
+    assert {n.split(".")[0] for n in _trainable(model)} == {"fc", "layer4", "layer3", "layer2",
+                                                            "layer1"}
+    fresh.update(10)
+    assert _trainable(model) == {n for n, _ in model.named_parameters()}
+    with pytest.raises(tk.ConfigError, match="one non-decreasing step per stage"):
+        tk.GradualUnfreezing(model, steps=(4, 2, 6, 8, 10))
+    with pytest.raises(tk.ConfigError, match="not both"):
+        tk.GradualUnfreezing(model, every=1, steps=(2, 4, 6, 8, 10))

@@ -32,6 +32,7 @@ from transferkit.adaptation.freezing import (
     freezing_summary,
     load_freeze_state,
     unfreeze,
+    unfreeze_steps,
 )
 from transferkit.adaptation.groups import param_groups, param_groups_table
 from transferkit.adaptation.input_layer import adapt_channel_stats, adapt_input_weight
@@ -54,5 +55,6 @@ __all__ = [
     "param_groups_table",
     "recorded_info",
     "unfreeze",
+    "unfreeze_steps",
     "unwrap",
 ]

@@ -10,9 +10,15 @@ pre-hook switches it back), so the running statistics of the frozen part never c
 while a BatchNorm layer that trains behaves as usual; ``"frozen"`` does that for every
 BatchNorm layer (their affine parameters still follow the policy); ``"train"`` leaves every
 BatchNorm layer to ``model.train()`` (batch statistics, running averages updated).
+
+Gradual unfreezing opens one stage at a time, last stage first, at times (epochs or
+optimizer steps) fixed in advance: :func:`unfreeze_steps` spreads the openings over the
+first part of a run, while the learning rate is still high.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 from torch import nn
 
@@ -28,6 +34,8 @@ __all__ = [
     "load_freeze_state",
     "freezing_summary",
     "GradualUnfreezing",
+    "check_unfreeze_until",
+    "unfreeze_steps",
 ]
 
 POLICIES = ("none", "body", "stages:k", "bitfit", "norm")
@@ -225,33 +233,104 @@ def freezing_summary(model: nn.Module) -> str:
     return "\n".join("  ".join(v.ljust(w) for v, w in zip(r, widths)) for r in rows)
 
 
-class GradualUnfreezing:
-    """Unfreeze one stage every ``every`` epochs, head first (ULMFiT / fastai style).
+def check_unfreeze_until(value: object, *, name: str = "until") -> float:
+    """Return ``value`` as the fraction of a run after which every stage is open.
 
-    At epoch ``e`` the head and the last ``e // every`` stages train. The state is a
-    pure function of the epoch, so resuming from a checkpoint needs nothing extra.
-    Build the optimizer with ``param_groups(..., include_frozen=True)`` so that it
-    never has to be rebuilt.
+    Raises:
+        ConfigError: ``value`` is not a real in ``(0, 1]``.
+    """
+    until = _validate.probability(name, value)
+    if until == 0:
+        raise ConfigError(f"{name}=0 would open every stage before the head trained alone; "
+                          f"pass a fraction of the run in (0, 1], e.g. {name}=0.25.")
+    return until
+
+
+def unfreeze_steps(n_stages: int, total_steps: int, *, until: float) -> tuple[int, ...]:
+    """Return the optimizer step at which each stage opens, last stage first.
+
+    The openings are evenly spaced and the last one (the stem) comes at ``until`` of the
+    run: stage ``j`` counted back from the head (``j = 1`` for the last stage) opens after
+    ``round(j * until * total_steps / n_stages)`` steps, at least one, so the head trains
+    alone first. A pure function: the same run always opens the same stages at the same
+    steps.
+
+    Args:
+        n_stages: Stages of the model (``len(get_info(model).stages)``).
+        total_steps: Optimizer steps of the whole run.
+        until: Fraction of the run by which every stage is open, in ``(0, 1]``.
+
+    Example:
+        >>> unfreeze_steps(5, 100, until=0.5)
+        (10, 20, 30, 40, 50)
+    """
+    n_stages = _validate.positive_int("n_stages", n_stages)
+    total_steps = _validate.positive_int("total_steps", total_steps)
+    until = check_unfreeze_until(until)
+    return tuple(max(1, round(j * until * total_steps / n_stages))
+                 for j in range(1, n_stages + 1))
+
+
+class GradualUnfreezing:
+    """Open one stage at a time, head first, last stage first (ULMFiT / fastai style).
+
+    Stage ``j`` counted back from the head (``j = 1`` for the last stage, the stem last)
+    opens at time ``at[j - 1]``: epoch ``j * every`` with ``every=``, or the optimizer
+    steps given as ``steps=`` (the Trainer's ``unfreeze_until=`` passes
+    :func:`unfreeze_steps`). Which stages train is a pure function of the time, so
+    resuming from a checkpoint at the same time gives the same state. Build the optimizer
+    with ``param_groups(..., include_frozen=True)`` so that it never has to be rebuilt.
 
     Args:
         model: An adapted model.
-        every: Epochs between two unfreezings (>= 1).
+        every: Epochs between two openings (>= 1); the default when ``steps`` is not given.
+        steps: The optimizer step at which each stage opens, last stage first (one per
+            stage, non-decreasing).
         bn: BatchNorm mode, as in :func:`freeze`; with ``"auto"`` a stage's BatchNorm
             layers start updating their running statistics when the stage opens.
+
+    Attributes:
+        unit: ``"epoch"`` or ``"step"``: what the times of :meth:`update` count.
+        at: When each stage opens, last stage first, in ``unit``.
     """
 
-    def __init__(self, model: nn.Module, *, every: int = 1, bn: str = "auto") -> None:
-        every = _validate.positive_int("every", every)
+    def __init__(self, model: nn.Module, *, every: int | None = None,
+                 steps: Sequence[int] | None = None, bn: str = "auto") -> None:
         bn = _validate.choice("bn", bn, BN_MODES)
-        self.model, self.every, self.bn = unwrap(model), every, bn
+        self.model, self.bn = unwrap(model), bn
         self.info = get_info(self.model)
+        n = len(self.info.stages)
+        if steps is not None:
+            if every is not None:
+                raise ConfigError("GradualUnfreezing takes every= (epochs) or steps= (optimizer "
+                                  "steps), not both.")
+            at = tuple(_validate.integer("steps", s, minimum=0) for s in steps)
+            if len(at) != n or list(at) != sorted(at):
+                raise ConfigError(f"steps={list(steps)!r} must give one non-decreasing step per "
+                                  f"stage ({n}: {[s.name for s in self.info.stages]}), last "
+                                  "stage first; e.g. unfreeze_steps(n_stages, total, until=0.5).")
+            self.unit, self.at = "step", at
+        else:
+            every = _validate.positive_int("every", 1 if every is None else every)
+            self.unit, self.at = "epoch", tuple(every * j for j in range(1, n + 1))
+        self.every = every
         self._open = -1
 
-    def on_epoch_start(self, epoch: int) -> list[str]:
-        """Set trainability for ``epoch``; return the names of stages unfrozen now."""
+    def open_count(self, time: int) -> int:
+        """Return how many stages are open at ``time`` (an epoch or a step, per ``unit``)."""
+        return sum(1 for t in self.at if t <= time)
+
+    def update(self, time: int, *, force: bool = False) -> list[str]:
+        """Set trainability for ``time``; return the names of the stages opened now.
+
+        Nothing changes when the open stages are the same as at the last call, unless
+        ``force`` (then the state is applied again, e.g. over a change made by hand).
+        """
         n = len(self.info.stages)
-        count = min(n, max(0, epoch) // self.every)
+        count = self.open_count(time)
         previous = self._open
+        if count == previous and not force:
+            return []
         trainable = _trainable(self.model, self.info, "body")
         for stage in self.info.stages[n - count:] if count else ():
             trainable |= set(stage.params)
@@ -261,3 +340,7 @@ class GradualUnfreezing:
         if previous < 0 or count <= previous:
             return []
         return [s.name for s in self.info.stages[n - count : n - previous]]
+
+    def on_epoch_start(self, epoch: int) -> list[str]:
+        """Set trainability for ``epoch`` (``unit="epoch"``); return the stages opened now."""
+        return self.update(epoch, force=True)
