@@ -16,7 +16,8 @@ a new 10-class head drawn once from ``--seed``) on the same FashionMNIST subset:
 Reported per recipe: test accuracy, best and last val accuracy, the wall time of the
 ``fine_tune`` call (``FineTuneResult.seconds``: feature extraction included, the test
 evaluation not), and what trains: the trainable parameters when ``fine_tune`` returns
-(``gradual`` with few epochs leaves its earliest stages frozen) and the recipe's summary.
+(``gradual`` opens every stage within the first quarter of the run) and the recipe's
+summary.
 
 Usage::
 

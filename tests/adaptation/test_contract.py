@@ -72,6 +72,21 @@ def _check(model: nn.Module, num_classes: int = 7) -> None:
     ids = [id(p) for g in groups for p in g["params"]]
     assert len(ids) == len(set(ids))
     assert set(ids) == {id(p) for p in model.parameters() if p.requires_grad}
+    # Inception v3's auxiliary branch needs its full 299 px input in training mode
+    train_size = 299 if tk.get_info(model).aux_heads else size
+    # body frozen, default BN mode: every BatchNorm whose parameters are all frozen keeps
+    # its running stats through a training-mode forward pass (a head's may move)
+    tk.freeze(model, "body")
+    bns = [(n, list(m.parameters())) for n, m in model.named_modules()
+           if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    kept = {n for n, ps in bns if ps and not any(p.requires_grad for p in ps)}
+    stats = {k: v.clone() for k, v in model.state_dict().items() if k.rpartition(".")[0] in kept}
+    model.train()
+    with torch.no_grad():
+        model(torch.randn(2, 3, train_size, train_size))
+    for k, v in model.state_dict().items():
+        if k in stats:
+            assert torch.equal(v, stats[k]), k
     # body frozen + frozen BN: no gradient, no change after a step, running stats fixed
     tk.freeze(model, "body", bn="frozen")
     frozen = {n: p.detach().clone() for n, p in model.named_parameters() if not p.requires_grad}
@@ -79,8 +94,6 @@ def _check(model: nn.Module, num_classes: int = 7) -> None:
     stats = {k: v.clone() for k, v in model.state_dict().items() if "running" in k}
     opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
     model.train()
-    # Inception v3's auxiliary branch needs its full 299 px input in training mode
-    train_size = 299 if tk.get_info(model).aux_heads else size
     out = model(torch.randn(2, 3, train_size, train_size))
     out = out[0] if isinstance(out, tuple) else out
     out.float().sum().backward()

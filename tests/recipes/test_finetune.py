@@ -12,7 +12,14 @@ import torch
 import transferkit as tk
 from transferkit.data.pipeline import TensorLoader
 from transferkit.errors import ConfigError, DataNotFoundError, UnknownPolicyError
-from transferkit.recipes import L2SP_ALPHA, LAYER_DECAY, RECIPES, fine_tune, list_recipes
+from transferkit.recipes import (
+    L2SP_ALPHA,
+    LAYER_DECAY,
+    RECIPES,
+    UNFREEZE_UNTIL,
+    fine_tune,
+    list_recipes,
+)
 from transferkit.recipes.l2sp import L2SPLoss
 
 SIZE = 16
@@ -74,7 +81,7 @@ def test_recipes_are_named_and_documented():
         ({"weight_decai": 0.1}, ConfigError, r"Did you mean 'weight_decay'"),
         ({"precision": "fp8"}, ConfigError, r"precision='fp8'"),
         ({"monitor": "val_accuracy"}, ConfigError, r"Did you mean 'val_acc'"),
-        ({"bn": "eval"}, ConfigError, r"bn='eval' is not valid; use one of 'train', 'frozen'"),
+        ({"bn": "eval"}, ConfigError, r"bn='eval' is not valid; use one of 'auto', 'train'"),
     ],
 )
 def test_bad_arguments_fail_before_anything_changes(kwargs, error, match):
@@ -162,7 +169,7 @@ def test_full_recipe_can_keep_batchnorm_frozen(fmnist):
     fine_tune(model, train, recipe="full", epochs=1, device="cpu", bn="frozen")
     assert all(torch.equal(stats[n], b) for n, b in _bn_stats(model).items())
     tk.unfreeze(model)
-    assert tk.freeze_state(model)["bn"] == "train"
+    assert tk.freeze_state(model)["bn"] == "auto"  # the default; nothing frozen: all update
 
 
 def test_bitfit_trains_biases_and_head_only(fmnist):
@@ -175,16 +182,64 @@ def test_bitfit_trains_biases_and_head_only(fmnist):
     assert all(n.endswith("bias") or n.startswith("fc.") for n in changed)
 
 
-def test_gradual_opens_the_last_stage_after_the_first_epoch(fmnist):
+class Openings(tk.Callback):
+    """After every optimizer step: the step, the open stages, the head's LR multiplier."""
+
+    def __init__(self, model):
+        self.stages = tk.get_info(model).stages
+        self.rows: list[tuple[int, list[str], float]] = []
+
+    def on_epoch_start(self, trainer):
+        if trainer.step == 0:  # what the first step trains
+            self.on_batch_end(trainer)
+
+    def on_batch_end(self, trainer):
+        params = dict(tk.adaptation.unwrap(trainer.model).named_parameters())
+        open_ = [s.name for s in self.stages if all(params[n].requires_grad for n in s.params)]
+        head = next(g for g in trainer.optimizer.param_groups if g["name"] == "head")
+        self.rows.append((trainer.step, open_, head["lr"] / head["initial_lr"]))
+
+
+def test_gradual_opens_every_stage_by_step_while_the_lr_is_high(fmnist):
+    # Before: one stage per epoch (unfreeze_every = max(1, (epochs - 1) // 5) = 1), against a
+    # cosine stepped per optimizer step: in 5 epochs layer1 opened at 0.11x of the peak LR
+    # and the stem never opened.
+    model = _model()
+    train, _ = _data(fmnist, 64, 32)  # 4 batches: 20 optimizer steps in 5 epochs
+    before = _params(model)
+    log = Openings(model)
+    result = fine_tune(model, train, recipe="gradual", epochs=5, device="cpu", callbacks=[log])
+    assert result.trainer.unfreeze_until == UNFREEZE_UNTIL == 0.25
+    assert result.trainer.unfreeze_every is None
+    stages = [s.name for s in tk.get_info(model).stages]  # 0:stem, 1:layer1 .. 4:layer4
+    opened = {}  # stage -> (step after which it opened, the LR multiplier it opened at)
+    for step, open_, scale in log.rows:
+        for name in open_:
+            opened.setdefault(name, (step, scale))
+    # round(j * 0.25 * 20 / 5) steps for stage j counted back from the head
+    assert {n: s for n, (s, _) in opened.items()} == {
+        "4:layer4": 1, "3:layer3": 2, "2:layer2": 3, "1:layer1": 4, "0:stem": 5}
+    assert [round(opened[n][1], 4) for n in reversed(stages)] == [
+        1.0, 0.9932, 0.9729, 0.9397, 0.8946]  # warm-up 1 step, then cosine to step 20
+    assert [open_ for step, open_, _ in log.rows if step in (0, 3, 5, 20)] == [
+        [], stages[2:], stages, stages]  # step 0: the head alone
+    assert _changed(before, model) == set(before)  # every stage trained
+    assert tk.freeze_state(model) == {"policy": "none", "bn": "train", "frozen": []}
+
+
+def test_gradual_without_a_length_opens_one_stage_per_epoch_and_says_so(fmnist):
+    class NoLen:
+        def __init__(self, loader):
+            self.loader = loader
+
+        def __iter__(self):
+            return iter(self.loader)
+
     model = _model()
     train, _ = _data(fmnist, 32, 32)
-    before = _params(model)
-    result = fine_tune(model, train, recipe="gradual", epochs=2, device="cpu")
-    assert result.trainer.unfreeze_every == 1
-    changed = _changed(before, model)
-    assert {n for n in changed if not n.startswith("fc.")} == {
-        n for n in before if n.startswith("layer4.")
-    }
+    result = fine_tune(model, NoLen(train), recipe="gradual", epochs=2, device="cpu")
+    assert result.trainer.unfreeze_every == 1 and result.trainer.unfreeze_until is None
+    assert any("no len()" in note and "every 1 epoch(s)" in note for note in result.notes)
 
 
 def test_full_and_l2sp_train_everything(fmnist):

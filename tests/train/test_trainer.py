@@ -690,6 +690,101 @@ def test_gradual_unfreezing_warns_when_the_optimizer_lacks_parameters():
         make(model, epochs=1, optimizer=opt, freeze="body", unfreeze_every=1).fit(rgb_batches(1))
 
 
+def bn_buffers(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {n: b.clone() for n, b in model.named_buffers()
+            if n.rsplit(".", 1)[-1] in ("running_mean", "running_var", "num_batches_tracked")}
+
+
+def test_freeze_body_keeps_the_frozen_bodys_batchnorm_statistics(tmp_path):
+    # Before: freeze="body" left BatchNorm to model.train(), so every training batch moved
+    # the running statistics of the frozen body (and a resumed run restored "train").
+    model = resnet()
+    stats = bn_buffers(model)
+    make(model, epochs=2, optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
+         freeze="body", out_dir=tmp_path).fit(rgb_batches())
+    assert freeze_state(model)["bn"] == "auto"
+    assert all(torch.equal(stats[n], b) for n, b in bn_buffers(model).items())
+    assert torch.load(tmp_path / "last.pt", weights_only=True)["freeze"]["bn"] == "auto"
+    make(model, epochs=3, optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
+         out_dir=tmp_path).fit(rgb_batches(), resume=True)  # the mode comes back with it
+    assert all(torch.equal(stats[n], b) for n, b in bn_buffers(model).items())
+
+
+class OpenLog(Callback):
+    """Record, after every optimizer step, the step and the trainable parameter count."""
+
+    def __init__(self, stop_at: int | None = None) -> None:
+        self.open: list[tuple[int, int]] = []
+        self.stop_at = stop_at
+
+    def on_batch_end(self, trainer: Trainer) -> None:
+        self.open.append((trainer.step, sum(p.requires_grad for p in trainer.model.parameters())))
+        if trainer.step == self.stop_at:
+            signal.raise_signal(signal.SIGINT)  # Ctrl-C: the Trainer stops after one more step
+
+
+def test_gradual_unfreezing_by_step_resumes_exactly_mid_epoch(tmp_path):
+    def run(folder, log, resume=None):
+        torch.manual_seed(0)
+        model = resnet()
+        Trainer(model, epochs=3, lr=1e-2, freeze="body", unfreeze_until=0.5, out_dir=folder,
+                callbacks=[log], device="cpu", progress=False).fit(rgb_batches(4), resume=resume)
+        return model
+
+    straight_log = OpenLog()
+    straight = run(tmp_path / "a", straight_log)
+    # 12 steps; stages open after round(j * 0.5 * 12 / 5) steps: layer4 1 ... stem 6
+    assert torch.load(tmp_path / "a" / "last.pt", weights_only=True)["unfreeze"] == {
+        "unit": "step", "at": [1, 2, 4, 5, 6]}
+    counts = [count for _, count in straight_log.open]
+    assert counts == sorted(counts) and counts[5:] == [62] * 7  # all 62 open from step 6 on
+    first = OpenLog(stop_at=4)
+    run(tmp_path / "b", first)
+    assert load_checkpoint(tmp_path / "b" / "last.pt")["batch_in_epoch"] == 1  # step 5 of 12
+    second = OpenLog()
+    resumed = run(tmp_path / "b", second, resume=True)
+    assert first.open + second.open == straight_log.open
+    for (name, p), q in zip(straight.named_parameters(), resumed.parameters(), strict=True):
+        assert p.requires_grad == q.requires_grad and torch.equal(p, q), name
+    resumed_stats = bn_buffers(resumed)
+    for name, b in bn_buffers(straight).items():
+        assert torch.equal(b, resumed_stats[name]), name
+
+
+def test_resume_with_more_epochs_keeps_the_checkpoints_unfreezing_plan(tmp_path, caplog):
+    def run(epochs, resume=None):
+        torch.manual_seed(0)
+        model = resnet()
+        Trainer(model, epochs=epochs, lr=1e-2, freeze="body", unfreeze_until=0.5,
+                out_dir=tmp_path, device="cpu", progress=False).fit(rgb_batches(4), resume=resume)
+
+    run(1)  # 4 steps: open after 0.4, 0.8, ... 2 steps, rounded and at least 1
+    assert load_checkpoint(tmp_path / "last.pt")["unfreeze"]["at"] == [1, 1, 1, 2, 2]
+    with caplog.at_level(logging.INFO, logger="transferkit.train.unfreezing"):
+        run(2, resume=True)  # this run's own plan would be 1, 2, 2, 3, 4: stages would close
+    assert load_checkpoint(tmp_path / "last.pt")["unfreeze"]["at"] == [1, 1, 1, 2, 2]
+    assert "resume: stages open at the checkpoint's steps 1, 1, 1, 2, 2" in caplog.text
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"unfreeze_until": 0}, r"unfreeze_until=0 would open every stage before the head"),
+    ({"unfreeze_until": 1.5}, "unfreeze_until"),
+    ({"unfreeze_until": 0.5, "unfreeze_every": 1}, "cannot be combined with unfreeze_every=1"),
+])
+def test_unfreeze_until_is_checked(kwargs, message):
+    with pytest.raises(ConfigError, match=message):
+        Trainer(resnet(), device="cpu", **kwargs)
+
+
+def test_unfreeze_until_needs_data_with_a_length():
+    model = resnet()
+    before = [p.requires_grad for p in model.parameters()]
+    with pytest.raises(ConfigError, match="no len\\(\\).*unfreeze_every=k"):
+        Trainer(model, epochs=1, freeze="body", unfreeze_until=0.5, device="cpu",
+                progress=False).fit(iter(rgb_batches()))
+    assert [p.requires_grad for p in model.parameters()] == before  # nothing changed
+
+
 def test_fit_discovers_the_model_once_at_most(monkeypatch):
     # Before: the default optimizer and the train and val channel checks each ran a dummy
     # forward pass through get_info's discovery, three for a plain Trainer(model).fit().

@@ -34,6 +34,7 @@ from transferkit.adaptation.freezing import (
     freezing_summary,
     load_freeze_state,
     unfreeze,
+    unfreeze_steps,
 )
 from transferkit.adaptation.groups import no_weight_decay_names, param_groups, param_groups_table
 from transferkit.adaptation.input_layer import adapt_channel_stats, adapt_input_weight
@@ -58,5 +59,6 @@ __all__ = [
     "param_groups_table",
     "recorded_info",
     "unfreeze",
+    "unfreeze_steps",
     "unwrap",
 ]

@@ -4,12 +4,21 @@ Policies: ``"none"`` (full fine-tuning), ``"body"`` (linear probe: only the head
 trains), ``"stages:k"`` (freeze the stem and the first k stages after it: stages
 ``0..k``), ``"bitfit"`` (biases and head), ``"norm"`` (normalisation layers and head).
 
-``bn="frozen"``: every BatchNorm layer keeps eval behaviour even after
-``model.train()`` (a forward pre-hook switches it back), so its running statistics
-never change. Its affine parameters follow the policy.
+BatchNorm modes (``bn=``): ``"auto"`` (the default) keeps every BatchNorm layer whose
+parameters are all frozen in eval behaviour, even after ``model.train()`` (a forward
+pre-hook switches it back), so the running statistics of the frozen part never change,
+while a BatchNorm layer that trains behaves as usual; ``"frozen"`` does that for every
+BatchNorm layer (their affine parameters still follow the policy); ``"train"`` leaves every
+BatchNorm layer to ``model.train()`` (batch statistics, running averages updated).
+
+Gradual unfreezing opens one stage at a time, last stage first, at times (epochs or
+optimizer steps) fixed in advance: :func:`unfreeze_steps` spreads the openings over the
+first part of a run, while the learning rate is still high.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 from torch import nn
 
@@ -26,14 +35,16 @@ __all__ = [
     "load_freeze_state",
     "freezing_summary",
     "GradualUnfreezing",
+    "check_unfreeze_until",
+    "unfreeze_steps",
 ]
 
 POLICIES = ("none", "body", "stages:k", "bitfit", "norm")
-BN_MODES = ("train", "frozen")
+BN_MODES = ("auto", "train", "frozen")
 _STATE_ATTR = "transferkit_freeze"
-_HOOKS_ATTR = "_transferkit_bn_hooks"
-_NORMS = (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.LayerNorm,
-          nn.modules.instancenorm._InstanceNorm)
+_HOOK_ATTR = "_transferkit_bn_hook"  # on each BatchNorm module held in eval behaviour
+_BATCHNORM = nn.modules.batchnorm._BatchNorm
+_NORMS = (_BATCHNORM, nn.GroupNorm, nn.LayerNorm, nn.modules.instancenorm._InstanceNorm)
 
 
 def _trainable(model: nn.Module, info: AdaptInfo, policy: str) -> set[str]:
@@ -85,16 +96,40 @@ def _bn_eval_hook(module: nn.Module, _args: tuple) -> None:
     module.training = False
 
 
+def _held_in_eval(model: nn.Module, bn: str) -> set[int]:
+    """Return the ids of the BatchNorm modules that ``bn`` keeps in eval behaviour.
+
+    Under ``"auto"`` a BatchNorm layer is held when none of its parameters trains; one
+    without affine parameters follows the layer before it (the last module registered
+    before it that has parameters of its own, normally the convolution it normalises).
+    """
+    if bn == "train":
+        return set()
+    held, previous = set(), list(model.parameters())
+    for module in model.modules():
+        own = list(module.parameters(recurse=False))
+        if isinstance(module, _BATCHNORM):
+            if bn == "frozen" or not any(p.requires_grad for p in own or previous):
+                held.add(id(module))
+        if own:
+            previous = own
+    return held
+
+
 def _set_bn(model: nn.Module, bn: str) -> None:
-    for handle in getattr(model, _HOOKS_ATTR, []):
-        handle.remove()
-    hooks = []
-    if bn == "frozen":
-        for module in model.modules():
-            if isinstance(module, nn.modules.batchnorm._BatchNorm):
-                module.eval()
-                hooks.append(module.register_forward_pre_hook(_bn_eval_hook))
-    setattr(model, _HOOKS_ATTR, hooks)
+    """Hold the BatchNorm modules that ``bn`` freezes in eval behaviour; release the others."""
+    held = _held_in_eval(model, bn)
+    for module in model.modules():
+        if not isinstance(module, _BATCHNORM):
+            continue
+        handle = module.__dict__.pop(_HOOK_ATTR, None)
+        if handle is not None:
+            handle.remove()
+        if id(module) in held:
+            module.eval()
+            setattr(module, _HOOK_ATTR, module.register_forward_pre_hook(_bn_eval_hook))
+        elif handle is not None:  # released (a stage opened): train as the model does
+            module.train(model.training)
 
 
 def _apply(model: nn.Module, trainable: set[str], policy: str, bn: str) -> None:
@@ -105,24 +140,31 @@ def _apply(model: nn.Module, trainable: set[str], policy: str, bn: str) -> None:
     setattr(model, _STATE_ATTR, {"policy": policy, "bn": bn, "frozen": frozen})
 
 
-def freeze(model: nn.Module, policy: str = "body", *, bn: str = "train") -> nn.Module:
+def freeze(model: nn.Module, policy: str = "body", *, bn: str = "auto") -> nn.Module:
     """Set which parameters train according to ``policy``; return the model.
 
     Args:
         model: An adapted model (or any classifier whose head can be discovered).
         policy: One of ``"none"``, ``"body"``, ``"stages:k"``, ``"bitfit"``, ``"norm"``.
-        bn: ``"train"`` (BatchNorm behaves as usual) or ``"frozen"`` (always eval).
+        bn: ``"auto"`` (a BatchNorm layer whose parameters are all frozen keeps its running
+            statistics: eval behaviour, even after ``model.train()``; the others behave as
+            usual), ``"frozen"`` (every BatchNorm layer in eval behaviour) or ``"train"``
+            (every BatchNorm layer as usual: batch statistics in ``model.train()``).
 
     Raises:
         UnknownPolicyError: Unknown policy (the closest valid name is suggested).
         StageIndexError: ``k`` outside the model's stages.
 
     Example:
-        >>> import torchvision, transferkit
+        >>> import torch, torchvision, transferkit
         >>> model = transferkit.adapt(torchvision.models.resnet18(), 10)
         >>> _ = transferkit.freeze(model, "body")
         >>> [n for n, p in model.named_parameters() if p.requires_grad]
         ['fc.weight', 'fc.bias']
+        >>> before = model.bn1.running_mean.clone()
+        >>> _ = model.train()(torch.randn(2, 3, 64, 64))   # a training-mode forward pass
+        >>> torch.equal(before, model.bn1.running_mean)    # the frozen body's statistics
+        True
     """
     policy = _check_policy(policy)
     bn = _validate.choice("bn", bn, BN_MODES)
@@ -133,17 +175,24 @@ def freeze(model: nn.Module, policy: str = "body", *, bn: str = "train") -> nn.M
 
 
 def unfreeze(model: nn.Module) -> nn.Module:
-    """Make every parameter trainable and give BatchNorm its normal behaviour back."""
+    """Make every parameter trainable and give BatchNorm the default mode (``"auto"``) back.
+
+    With every parameter trainable, ``"auto"`` lets every BatchNorm layer behave as usual.
+    """
     model_ = unwrap(model)
-    _apply(model_, {n for n, _ in model_.named_parameters()}, "none", "train")
+    _apply(model_, {n for n, _ in model_.named_parameters()}, "none", "auto")
     return model
 
 
 def freeze_state(model: nn.Module) -> dict:
-    """Return the freezing state as plain Python (safe for ``weights_only`` checkpoints)."""
+    """Return the freezing state as plain Python (safe for ``weights_only`` checkpoints).
+
+    A model that was never frozen reports policy ``"none"`` and the default BatchNorm mode
+    ``"auto"``.
+    """
     state = getattr(unwrap(model), _STATE_ATTR, None)
     if state is None:
-        return {"policy": "none", "bn": "train", "frozen": []}
+        return {"policy": "none", "bn": "auto", "frozen": []}
     return {"policy": state["policy"], "bn": state["bn"], "frozen": list(state["frozen"])}
 
 
@@ -210,32 +259,104 @@ def freezing_summary(model: nn.Module) -> str:
     return "\n".join("  ".join(v.ljust(w) for v, w in zip(r, widths)) for r in rows)
 
 
-class GradualUnfreezing:
-    """Unfreeze one stage every ``every`` epochs, head first (ULMFiT / fastai style).
+def check_unfreeze_until(value: object, *, name: str = "until") -> float:
+    """Return ``value`` as the fraction of a run after which every stage is open.
 
-    At epoch ``e`` the head and the last ``e // every`` stages train. The state is a
-    pure function of the epoch, so resuming from a checkpoint needs nothing extra.
-    Build the optimizer with ``param_groups(..., include_frozen=True)`` so that it
-    never has to be rebuilt.
+    Raises:
+        ConfigError: ``value`` is not a real in ``(0, 1]``.
+    """
+    until = _validate.probability(name, value)
+    if until == 0:
+        raise ConfigError(f"{name}=0 would open every stage before the head trained alone; "
+                          f"pass a fraction of the run in (0, 1], e.g. {name}=0.25.")
+    return until
+
+
+def unfreeze_steps(n_stages: int, total_steps: int, *, until: float) -> tuple[int, ...]:
+    """Return the optimizer step at which each stage opens, last stage first.
+
+    The openings are evenly spaced and the last one (the stem) comes at ``until`` of the
+    run: stage ``j`` counted back from the head (``j = 1`` for the last stage) opens after
+    ``round(j * until * total_steps / n_stages)`` steps, at least one, so the head trains
+    alone first. A pure function: the same run always opens the same stages at the same
+    steps.
+
+    Args:
+        n_stages: Stages of the model (``len(get_info(model).stages)``).
+        total_steps: Optimizer steps of the whole run.
+        until: Fraction of the run by which every stage is open, in ``(0, 1]``.
+
+    Example:
+        >>> unfreeze_steps(5, 100, until=0.5)
+        (10, 20, 30, 40, 50)
+    """
+    n_stages = _validate.positive_int("n_stages", n_stages)
+    total_steps = _validate.positive_int("total_steps", total_steps)
+    until = check_unfreeze_until(until)
+    return tuple(max(1, round(j * until * total_steps / n_stages))
+                 for j in range(1, n_stages + 1))
+
+
+class GradualUnfreezing:
+    """Open one stage at a time, head first, last stage first (ULMFiT / fastai style).
+
+    Stage ``j`` counted back from the head (``j = 1`` for the last stage, the stem last)
+    opens at time ``at[j - 1]``: epoch ``j * every`` with ``every=``, or the optimizer
+    steps given as ``steps=`` (the Trainer's ``unfreeze_until=`` passes
+    :func:`unfreeze_steps`). Which stages train is a pure function of the time, so
+    resuming from a checkpoint at the same time gives the same state. Build the optimizer
+    with ``param_groups(..., include_frozen=True)`` so that it never has to be rebuilt.
 
     Args:
         model: An adapted model.
-        every: Epochs between two unfreezings (>= 1).
-        bn: BatchNorm policy, as in :func:`freeze`.
+        every: Epochs between two openings (>= 1); the default when ``steps`` is not given.
+        steps: The optimizer step at which each stage opens, last stage first (one per
+            stage, non-decreasing).
+        bn: BatchNorm mode, as in :func:`freeze`; with ``"auto"`` a stage's BatchNorm
+            layers start updating their running statistics when the stage opens.
+
+    Attributes:
+        unit: ``"epoch"`` or ``"step"``: what the times of :meth:`update` count.
+        at: When each stage opens, last stage first, in ``unit``.
     """
 
-    def __init__(self, model: nn.Module, *, every: int = 1, bn: str = "train") -> None:
-        every = _validate.positive_int("every", every)
+    def __init__(self, model: nn.Module, *, every: int | None = None,
+                 steps: Sequence[int] | None = None, bn: str = "auto") -> None:
         bn = _validate.choice("bn", bn, BN_MODES)
-        self.model, self.every, self.bn = unwrap(model), every, bn
+        self.model, self.bn = unwrap(model), bn
         self.info = get_info(self.model)
+        n = len(self.info.stages)
+        if steps is not None:
+            if every is not None:
+                raise ConfigError("GradualUnfreezing takes every= (epochs) or steps= (optimizer "
+                                  "steps), not both.")
+            at = tuple(_validate.integer("steps", s, minimum=0) for s in steps)
+            if len(at) != n or list(at) != sorted(at):
+                raise ConfigError(f"steps={list(steps)!r} must give one non-decreasing step per "
+                                  f"stage ({n}: {[s.name for s in self.info.stages]}), last "
+                                  "stage first; e.g. unfreeze_steps(n_stages, total, until=0.5).")
+            self.unit, self.at = "step", at
+        else:
+            every = _validate.positive_int("every", 1 if every is None else every)
+            self.unit, self.at = "epoch", tuple(every * j for j in range(1, n + 1))
+        self.every = every
         self._open = -1
 
-    def on_epoch_start(self, epoch: int) -> list[str]:
-        """Set trainability for ``epoch``; return the names of stages unfrozen now."""
+    def open_count(self, time: int) -> int:
+        """Return how many stages are open at ``time`` (an epoch or a step, per ``unit``)."""
+        return sum(1 for t in self.at if t <= time)
+
+    def update(self, time: int, *, force: bool = False) -> list[str]:
+        """Set trainability for ``time``; return the names of the stages opened now.
+
+        Nothing changes when the open stages are the same as at the last call, unless
+        ``force`` (then the state is applied again, e.g. over a change made by hand).
+        """
         n = len(self.info.stages)
-        count = min(n, max(0, epoch) // self.every)
+        count = self.open_count(time)
         previous = self._open
+        if count == previous and not force:
+            return []
         trainable = _trainable(self.model, self.info, "body")
         for stage in self.info.stages[n - count:] if count else ():
             trainable |= set(stage.params)
@@ -245,3 +366,7 @@ class GradualUnfreezing:
         if previous < 0 or count <= previous:
             return []
         return [s.name for s in self.info.stages[n - count : n - previous]]
+
+    def on_epoch_start(self, epoch: int) -> list[str]:
+        """Set trainability for ``epoch`` (``unit="epoch"``); return the stages opened now."""
+        return self.update(epoch, force=True)

@@ -30,6 +30,7 @@ from transferkit.recipes.table import (
     LAYER_DECAY,
     PROBE_LR,
     RECIPES,
+    UNFREEZE_UNTIL,
     Recipe,
     list_recipes,
 )
@@ -41,6 +42,7 @@ __all__ = [
     "LAYER_DECAY",
     "PROBE_LR",
     "RECIPES",
+    "UNFREEZE_UNTIL",
     "EvalMode",
     "FeatureLoader",
     "FineTuneResult",

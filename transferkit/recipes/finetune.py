@@ -31,8 +31,15 @@ from transferkit.errors import ConfigError
 from transferkit.recipes.cache import cache_inputs, plain_loader, split_at_head, split_at_stage
 from transferkit.recipes.feature_loader import FeatureLoader, batch_size_of, loader_like
 from transferkit.recipes.l2sp import L2SPLoss
-from transferkit.recipes.table import L2SP_ALPHA, LAYER_DECAY, PROBE_LR, check_recipe
+from transferkit.recipes.table import (
+    L2SP_ALPHA,
+    LAYER_DECAY,
+    PROBE_LR,
+    UNFREEZE_UNTIL,
+    check_recipe,
+)
 from transferkit.recipes.views import EvalMode
+from transferkit.train.batch_checks import data_len
 from transferkit.train.callbacks import Callback
 from transferkit.train.checkpoint import get_rng_state, set_rng_state
 from transferkit.train.devices import Precision, select_device
@@ -51,6 +58,7 @@ _OWNED = {
     "body_lr": "pass body_lr= to fine_tune",
     "freeze": "each recipe sets its own freezing",
     "unfreeze_every": "use recipe='gradual'",
+    "unfreeze_until": f"use recipe='gradual' (unfreeze_until={UNFREEZE_UNTIL})",
     "layer_decay": f"use recipe='llrd' (layer_decay={LAYER_DECAY})",
     "optimizer": "each recipe builds its optimizer; use Trainer directly for your own",
     "scheduler": "each recipe builds its schedule; use Trainer directly for your own",
@@ -179,10 +187,18 @@ def _finetune(model: nn.Module, train: Any, val: Any, *, recipe: str, epochs: in
     base["freeze"] = {"bitfit": "bitfit", "gradual": "body"}.get(recipe, "none")
     if recipe == "gradual":
         stages = len(get_info(model).stages)
-        # Every stage opens by the last epoch when epochs > stages; otherwise one per epoch.
-        base["unfreeze_every"] = max(1, (epochs - 1) // max(1, stages))
-        log.info("gradual: one more stage of %d every %d epoch(s)", stages,
-                 base["unfreeze_every"])
+        if data_len(train) is not None:
+            # By optimizer step, all open by UNFREEZE_UNTIL of the run, while the cosine LR
+            # is still high (measured: docs/recipes.md).
+            base["unfreeze_until"] = UNFREEZE_UNTIL
+            log.info("gradual: %d stages open one at a time by optimizer step, the stem after "
+                     "%g of the run", stages, UNFREEZE_UNTIL)
+        else:
+            base["unfreeze_every"] = max(1, (epochs - 1) // max(1, stages))
+            notes.append(f"gradual: the train data has no len(), so the run's steps are "
+                         f"unknown: one more stage of {stages} every "
+                         f"{base['unfreeze_every']} epoch(s) instead of by step.")
+            log.warning(notes[-1])
     if recipe == "llrd":
         base["layer_decay"] = LAYER_DECAY
     if l2sp > 0:

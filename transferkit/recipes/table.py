@@ -6,8 +6,8 @@ from dataclasses import dataclass
 
 from transferkit.errors import UnknownRecipeError, closest
 
-__all__ = ["L2SP_ALPHA", "LAYER_DECAY", "PROBE_LR", "RECIPES", "Recipe", "check_recipe",
-           "list_recipes"]
+__all__ = ["L2SP_ALPHA", "LAYER_DECAY", "PROBE_LR", "RECIPES", "UNFREEZE_UNTIL", "Recipe",
+           "check_recipe", "list_recipes"]
 
 
 @dataclass(frozen=True)
@@ -35,6 +35,7 @@ class Recipe:
 PROBE_LR = 1e-2  # head LR of a linear probe (also the probe phase of lp_ft)
 L2SP_ALPHA = 0.01  # alpha of recipe "l2sp" when fine_tune(l2sp=0)
 LAYER_DECAY = 0.7  # per-stage LR multiplier of recipe "llrd", counted back from the head
+UNFREEZE_UNTIL = 0.25  # recipe "gradual": all stages open by this fraction of the steps
 
 RECIPES: dict[str, Recipe] = {
     r.name: r
@@ -46,7 +47,8 @@ RECIPES: dict[str, Recipe] = {
                lr=PROBE_LR, body_lr=None, caches_stages=False),
         Recipe("lp_ft", "linear probe first, then everything trains from the probed head",
                "Kumar et al., Fine-Tuning can Distort Pretrained Features (ICLR 2022)"),
-        Recipe("gradual", "head first, then one more stage every few epochs, last stage first",
+        Recipe("gradual", "head first, then one stage at a time by optimizer step, last stage "
+               "first, all open after a quarter of the run",
                "Howard & Ruder, ULMFiT (ACL 2018); fastai's fine_tune", caches_stages=False),
         Recipe("llrd", f"layer-wise LR decay: stage i from the top gets body_lr*{LAYER_DECAY}^i",
                "Clark et al., ELECTRA (ICLR 2020); Bao et al., BEiT (ICLR 2022)"),

@@ -6,6 +6,8 @@
   checkpoints and the Trainer's checkpoint format;
 - :mod:`~transferkit.train.optim` and :mod:`~transferkit.train.schedules`: the default
   optimizer and warm-up + cosine schedule (the one builder the recipes use too);
+- :mod:`~transferkit.train.unfreezing`: the plan of gradual unfreezing (by epoch or by
+  optimizer step), its log lines and how a checkpoint resumes it;
 - :mod:`~transferkit.train.batch_checks`, :mod:`~transferkit.train.history`,
   :mod:`~transferkit.train.metrics`, :mod:`~transferkit.train.devices`,
   :mod:`~transferkit.train.interrupts`, :mod:`~transferkit.train.distributed` (with

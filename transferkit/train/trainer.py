@@ -12,7 +12,8 @@ The Trainer knows nothing about backbones: it works with any ``nn.Module`` that 
 The loop is here; its parts live in their own modules of :mod:`transferkit.train`:
 ``batch_checks`` (the first-batch checks, ``set_epoch``), ``history`` (best epoch, early
 stopping, history files), ``state`` (the checkpoint format), ``schedules``, ``optim``,
-``devices``, ``distributed``, ``metrics`` and ``interrupts`` (Ctrl-C).
+``unfreezing`` (the gradual unfreezing plan), ``devices``, ``distributed``, ``metrics``
+and ``interrupts`` (Ctrl-C).
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ from torch.nn.parallel import DistributedDataParallel
 from transferkit import _validate
 from transferkit._io import atomic_write_bytes
 from transferkit.adaptation.core import unwrap
-from transferkit.adaptation.freezing import GradualUnfreezing, freeze, freeze_state
+from transferkit.adaptation.freezing import check_unfreeze_until, freeze, freeze_state
 from transferkit.errors import ConfigError, DataError, NonFiniteLossError, closest
 from transferkit.train.batch_checks import check_first_batch, data_len, set_data_epoch
 from transferkit.train.best_weights import BestWeights, is_validation_metric
@@ -72,6 +73,7 @@ from transferkit.train.state import (
     model_state,
     read_state,
 )
+from transferkit.train.unfreezing import lr_scale, plan_record, restored_plan, unfreezing_plan
 
 __all__ = ["Trainer", "check_trainer_args"]
 
@@ -114,7 +116,12 @@ class Trainer:
         freeze: A freezing policy applied at the start of ``fit`` (see
             :func:`transferkit.freeze`); the model's BatchNorm mode (``bn`` of
             ``freeze_state(model)``) is kept.
-        unfreeze_every: Gradual unfreezing: one more stage every this many epochs.
+        unfreeze_every: Gradual unfreezing by epoch: one more stage every this many epochs
+            (a stage opening late in the run trains at the cosine's decayed LR).
+        unfreeze_until: Gradual unfreezing by optimizer step: the stages open one at a
+            time, evenly, last stage first, the stem after this fraction of the run's
+            optimizer steps (:func:`~transferkit.adaptation.freezing.unfreeze_steps`).
+            Not with ``unfreeze_every``; the train data needs a ``len()``.
         callbacks: :class:`~transferkit.train.callbacks.Callback` instances.
         out_dir: Folder for ``last.pt``, ``best.pt``, ``history.json`` and ``history.csv``.
         seed: Seed of the per-epoch shuffling of DataLoaders (a pure function of seed and
@@ -164,6 +171,7 @@ class Trainer:
         restore_best: bool = True,
         freeze: str | None = None,
         unfreeze_every: int | None = None,
+        unfreeze_until: float | None = None,
         callbacks: Iterable[Callback] = (),
         out_dir: str | os.PathLike[str] | None = None,
         seed: int = 0,
@@ -172,6 +180,7 @@ class Trainer:
         checked = _check_config(**{k: v for k, v in locals().items() if k not in ("self", "model")})
         epochs, grad_accum, topk = checked["epochs"], checked["grad_accum"], checked["topk"]
         patience, unfreeze_every = checked["patience"], checked["unfreeze_every"]
+        unfreeze_until = checked["unfreeze_until"]
 
         self.device = select_device(device, local_rank=int(os.environ.get("LOCAL_RANK", "0")))
         self.dist: DistInfo = setup(self.device)
@@ -189,6 +198,7 @@ class Trainer:
         self.monitor, self._monitor_arg, self.patience = monitor, monitor, patience
         self.restore_best = restore_best
         self.freeze_policy, self.unfreeze_every = freeze, unfreeze_every
+        self.unfreeze_until = unfreeze_until
         self.callbacks = CallbackList(callbacks)
         self.out_dir = Path(out_dir) if out_dir is not None else None
         self.progress = progress
@@ -271,20 +281,27 @@ class Trainer:
             error = exc
         raise_together(error, self.dist)
         self._check_monitor(val is not None)
+        if self.unfreeze_until is not None and data_len(train_data) is None:
+            raise ConfigError(
+                f"unfreeze_until={self.unfreeze_until} opens stages by optimizer step, which "
+                "needs the run's step count: the train data has no len(). Pass "
+                "unfreeze_every=k (epochs) instead."
+            )
         self._setup_schedule(train_data, epochs)
         if self.freeze_policy is not None:
             # Keep the BatchNorm mode the model has (freeze(..., bn="frozen") before fit).
             freeze(self.model, self.freeze_policy, bn=freeze_state(self.model)["bn"])
-        if self.unfreeze_every is not None and self._unfreezer is None:
-            self._unfreezer = GradualUnfreezing(
-                self.model, every=self.unfreeze_every, bn=freeze_state(self.model)["bn"]
-            )
+        if self._unfreezer is None and (self.unfreeze_every or self.unfreeze_until):
+            self._unfreezer = unfreezing_plan(
+                self.model, every=self.unfreeze_every, until=self.unfreeze_until,
+                batches=data_len(train_data) or 1, epochs=epochs, grad_accum=self.grad_accum,
+                verbose=self.dist.is_main)
             held = {id(p) for group in self.optimizer.param_groups for p in group["params"]}
             named = unwrap(self.model, views=False).named_parameters()  # no _orig_mod. names
             missing = [n for n, p in named if id(p) not in held]
             if missing:
                 warnings.warn(
-                    f"unfreeze_every={self.unfreeze_every} but the optimizer lacks "
+                    f"{self._unfreeze_arg()} but the optimizer lacks "
                     f"{len(missing)} parameters (e.g. {missing[0]!r}); they will never train "
                     "after unfreezing. HINT: build it over param_groups(..., "
                     "include_frozen=True), or leave optimizer=None.",
@@ -311,10 +328,7 @@ class Trainer:
     ) -> None:
         self.callbacks.fire("on_fit_start", self)
         while self.epoch < epochs and not self.should_stop:
-            if self._unfreezer is not None:
-                unfrozen = self._unfreezer.on_epoch_start(self.epoch)
-                if unfrozen and self.dist.is_main:
-                    log.info("epoch %d: unfroze %s", self.epoch + 1, ", ".join(unfrozen))
+            self._open_stages(force=True)
             self.callbacks.fire("on_epoch_start", self)
             start = time.perf_counter()
             train_sums = self._train_epoch(train_data)
@@ -421,6 +435,8 @@ class Trainer:
             pending = True
             if last:
                 self._optimizer_step()
+                if self._open_stages():  # a stage opened at this step: DDP must see it
+                    model = self._train_module()
                 pending = False
                 self.batch_in_epoch = i + 1
                 if bar is not None:
@@ -524,6 +540,27 @@ class Trainer:
             self._ddp = DistributedDataParallel(self.model, device_ids=ids)
             self._ddp_trainable = trainable
         return self._ddp
+
+    def _unfreeze_arg(self) -> str:
+        if self.unfreeze_until is not None:
+            return f"unfreeze_until={self.unfreeze_until}"
+        return f"unfreeze_every={self.unfreeze_every}"
+
+    def _open_stages(self, *, force: bool = False) -> bool:
+        """Open the stages that gradual unfreezing has due now; return whether any opened.
+
+        Called at the start of every epoch (``force``: the plan is applied again) and after
+        every optimizer step; the time is the epoch or the step, as the plan counts.
+        """
+        plan = self._unfreezer
+        if plan is None:
+            return False
+        time = self.epoch if plan.unit == "epoch" else self.step
+        opened = plan.update(time, force=force)
+        if opened and self.dist.is_main:
+            log.info("after %d %ss: unfroze %s (LR %.2fx of its peak)", time, plan.unit,
+                     ", ".join(opened), lr_scale(self.optimizer))
+        return bool(opened)
 
     def _default_optimizer(self) -> torch.optim.Optimizer:
         return default_optimizer(self.model, self.lr, self.body_lr, weight_decay=self.weight_decay,
@@ -639,6 +676,7 @@ class Trainer:
             "epoch_rng": self._epoch_rng if mid_epoch else None,
             "partial": self._partial.cpu() if mid_epoch and self._partial is not None else None,
             "freeze": freeze_record(self.model),
+            "unfreeze": plan_record(self._unfreezer),
             "history": self.history,
             "best": dict(self.best),
             "seed": self.seed,
@@ -668,6 +706,8 @@ class Trainer:
                 stacklevel=3,
             )
         self.epoch, self.step = state["epoch"], state["step"]
+        if self._unfreezer is not None:
+            restored_plan(self._unfreezer, state.get("unfreeze"), verbose=self.dist.is_main)
         self.batch_in_epoch = state["batch_in_epoch"]
         self.history, self.best = list(state["history"]), dict(state["best"])
         if self.batch_in_epoch:
@@ -700,6 +740,13 @@ def _check_config(**values: Any) -> dict[str, Any]:
         v[name] = _validate.positive_int(name, v[name])
     for name in ("patience", "unfreeze_every"):
         v[name] = _validate.optional_positive_int(name, v[name])
+    if v["unfreeze_until"] is not None:
+        v["unfreeze_until"] = check_unfreeze_until(v["unfreeze_until"], name="unfreeze_until")
+        if v["unfreeze_every"] is not None:
+            raise ConfigError(
+                f"unfreeze_until={v['unfreeze_until']} (by optimizer step) cannot be combined "
+                f"with unfreeze_every={v['unfreeze_every']} (by epoch): pass one of them."
+            )
     _validate.rate("lr", v["lr"], allow_zero=False, example=1e-3)
     if v["body_lr"] is not None:
         _validate.rate("body_lr", v["body_lr"], allow_zero=False, example=1e-4)
