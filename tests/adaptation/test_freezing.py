@@ -191,7 +191,8 @@ def test_default_bn_state_round_trips_and_unfreeze_releases_it(model):
     before = _bn_buffers(other)
     _train_step(other)
     assert _bns_kept(other, before) == set()
-    with pytest.raises(tk.ConfigError, match="bn='eval'"):
+    with pytest.raises(tk.ConfigError, match=r"bn 'eval'; expected a policy name and bn in "
+                                             r"\('auto', 'train', 'frozen'\)"):
         tk.load_freeze_state(other, {**state, "bn": "eval"})
 
 
