@@ -144,10 +144,15 @@ def _tensors_of(path: Path, info: zipfile.ZipInfo) -> tuple[str, ...]:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception:  # noqa: BLE001  # naming is best effort; the damage is reported anyway
         return ()
+    wanted = torch.frombuffer(bytearray(raw), dtype=torch.uint8) if raw else None
     names = []
     for name, tensor in _walk(obj):
         storage = tensor.untyped_storage()
-        if storage.nbytes() == len(raw) and bytes(storage) == raw:
+        if wanted is None or storage.nbytes() != len(raw):
+            continue
+        # A byte view of the storage (``bytes(storage)`` would copy it byte by byte).
+        view = torch.empty(0, dtype=torch.uint8).set_(storage)
+        if torch.equal(view, wanted):
             names.append(name)
     return tuple(names)
 
