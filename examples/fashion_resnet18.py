@@ -48,13 +48,7 @@ from transferkit.backbones import is_offline
 from transferkit.data import TensorLoader, fashion_mnist
 from transferkit.errors import TransferKitError, WeightsNotFoundError
 from transferkit.recipes import PROBE_LR
-from transferkit.report import (
-    confusion_matrix,
-    plot_confusion,
-    plot_history,
-    plot_misclassified,
-    write_report,
-)
+from transferkit.report import write_run_report
 from transferkit.train import select_device
 
 log = logging.getLogger("fashion_resnet18")
@@ -317,26 +311,16 @@ def train_and_report(args: argparse.Namespace, data: Any, model: torch.nn.Module
     if k:
         trains = f"{stages[k].name} onwards + head"
     probs = trainer.predict(test)
-    preds = probs.argmax(1).cpu()
-    test_acc = (preds == test_y).float().mean().item()
+    test_acc = (probs.argmax(1).cpu() == test_y).float().mean().item()
     tk.save_model(model, out / "model.safetensors", backbone=backbone,
                   class_names=data.classes, image_size=args.image_size,
                   extra={"weights": weights, "recipe": args.recipe, "test_acc": test_acc})
-    confusion = confusion_matrix(preds, test_y, 10)
-    wrong = (preds != test_y).nonzero().flatten()[:25]
-    plots = {
-        "training curves": plot_history(history, out / "curves.png"),
-        "confusion matrix": plot_confusion(confusion, data.classes, out / "confusion.png"),
-        "misclassified test images": plot_misclassified(
-            test_x[wrong], test_y[wrong], preds[wrong], data.classes, out / "misclassified.png",
-            probs=probs[wrong].max(1).values.cpu()),
-    }
     wall = time.perf_counter() - start  # everything but the imports and this report
     facts["wall time (s)"] = round(wall, 1)
-    write_report(out / "report.md", title=f"FashionMNIST: {backbone} fine-tuned", facts=facts,
-                 history=history, test={"test_acc": test_acc}, notes=notes,
-                 confusion=confusion, class_names=data.classes,
-                 images=plots)  # a None plot (no matplotlib) is named as not drawn
+    # The same report as `transferkit train` writes; a None plot (no matplotlib) is named.
+    write_run_report(out, title=f"FashionMNIST: {backbone} fine-tuned", facts=facts,
+                     history=history, probs=probs, labels=test_y, images=test_x,
+                     class_names=data.classes, settings=result.settings, notes=notes)
     return {"backbone": backbone, "weights": weights, "test_acc": round(test_acc, 4),
             "val_acc": round(history[-1]["val_acc"], 4), "wall_s": round(wall, 1),
             "trains": trains, "images": images, "device": str(device)}

@@ -38,6 +38,7 @@ LAZY = {
     "tqdm": "optional dependency (progress bars)",
     "onnx": "optional dependency (export)",
     "onnxruntime": "optional dependency (export check)",
+    "tomllib": "standard library from Python 3.11 only (cli --config); the package supports 3.10",
 }
 
 

@@ -24,6 +24,7 @@ from transferkit._version import __version__
 from transferkit.backbones.model_file import load_model, save_model
 from transferkit.backbones.registry import create, register_backbone, unregister_backbone
 from transferkit.cli import main
+from transferkit.recipes import DEFAULT_RECIPE
 
 TINY = "tktest:clitiny"
 ROOT = Path(__file__).resolve().parents[2]
@@ -166,7 +167,8 @@ def test_train_resnet18_writes_a_model_file(capsys, tmp_path: Path) -> None:
     model, meta = load_model(out / "model.safetensors")
     assert meta.backbone == "resnet18" and meta.class_names == ("cat", "dog")
     assert meta.image_size == (16, 16) and meta.extra["recipe"] == "full"
-    assert meta.extra["val"]["count"] == 2.0  # round(0.2 * 6) per class
+    assert meta.extra["val_count"] == 2  # round(0.2 * 6) per class, no test split
+    assert 0.0 <= meta.extra["val_acc"] <= 1.0
     assert json.loads((out / "history.json").read_text())[0]["phase"] == "finetune"
     assert model(torch.zeros(1, 3, 16, 16)).shape == (1, 2)
 
@@ -181,7 +183,8 @@ def test_train_skips_undecodable_images(capsys, tmp_path: Path) -> None:
     assert "skipped 4 undecodable image(s)" in warning[0] and "bad0.png" in warning[0]
     assert "and 1 more" in warning[0]
     _, meta = load_model(tmp_path / "run" / "model.safetensors")
-    assert meta.extra["val"] == {}  # --val-fraction 0: no validation data
+    assert "val_acc" not in meta.extra  # --val-fraction 0: no validation data
+    assert "no validation or test images: report.md not written" in err
 
 
 def test_train_strict_stops_on_undecodable_image(capsys, tmp_path: Path) -> None:
@@ -212,7 +215,7 @@ def test_train_unknown_recipe_and_backbone_fail_before_anything(capsys, tmp_path
     out = tmp_path / "run"
     code, _, err = _train(capsys, data, out, "--recipe", "lp-ft")
     assert code == 1 and len(err.splitlines()) == 1
-    assert_one_line_error(err, "Unknown recipe 'lp-ft'", "Did you mean 'lp_ft'")
+    assert_one_line_error(err, "unknown recipe 'lp-ft'", "Did you mean 'lp_ft'")
     code, _, err = run(capsys, "train", "--data", data, "--backbone", "resnet_18",
                        "--out", out)
     assert code == 1 and len(err.splitlines()) == 1
@@ -408,3 +411,159 @@ def test_python_m_transferkit(tmp_path: Path) -> None:
     done = _subprocess("info", "resnet181", cwd=tmp_path)
     assert done.returncode == 1 and done.stdout == ""
     assert len(done.stderr.splitlines()) == 1 and "Did you mean 'resnet18'" in done.stderr
+
+
+# ------------------------------------------------ train on a user's own folder
+
+def _classes(root: Path, per_class: int, *, mode: str = "RGB", size: int = 20) -> Path:
+    for c, name in enumerate(("cat", "dog")):
+        folder = root / name
+        folder.mkdir(parents=True)
+        for i in range(per_class):
+            value = 40 + 150 * c + 5 * i
+            colour = value if mode == "L" else (value, 255 - value, 90)
+            Image.new(mode, (size, size), colour).save(folder / f"{i}.png")
+    return root
+
+
+def _split(root: Path, *, mode: str = "RGB") -> Path:
+    for split, n in (("train", 6), ("val", 3), ("test", 4)):
+        _classes(root / split, n, mode=mode)
+    return root
+
+
+def _fast(*extra: str) -> list[str]:
+    return ["--backbone", TINY, "--weights", "none", "--device", "cpu", *extra]
+
+
+def test_pre_split_folder_is_used_and_test_is_evaluated_once(capsys, tmp_path) -> None:
+    data, out = _split(tmp_path / "data"), tmp_path / "run"
+    code, stdout, err = run(capsys, "train", "--data", data, "--out", out, *_fast("--epochs", "2"))
+    assert code == 0, err
+    _, meta = load_model(out / "model.safetensors")
+    assert meta.class_names == ("cat", "dog")  # not ('test', 'train', 'val')
+    assert meta.extra["test_count"] == 8 and "val_acc" not in meta.extra
+    assert meta.extra["splits"] == [f"train: {data / 'train'} (12 images)",
+                                    f"validation: {data / 'val'} (6 images)",
+                                    f"test: {data / 'test'} (8 images)"]
+    assert stdout.strip().endswith(f"test_acc={meta.extra['test_acc']:.4g}")
+    report = (out / "report.md").read_text()
+    assert f"| **test** | {data / 'test'} (8 images) |" in report
+    assert "## Test" in report and "| test_count | 8 |" in report.replace("8.0000", "8")
+
+
+def test_separate_val_and_test_folders(capsys, tmp_path) -> None:
+    train = _classes(tmp_path / "train", 6)
+    val, test = _classes(tmp_path / "v", 2), _classes(tmp_path / "t", 3)
+    out = tmp_path / "run"
+    code, _, err = run(capsys, "train", "--data", train, "--val", val, "--test", test,
+                       "--out", out, *_fast("--epochs", "2"))
+    assert code == 0, err
+    _, meta = load_model(out / "model.safetensors")
+    assert meta.extra["test_count"] == 6
+    assert meta.extra["splits"][1] == f"validation: {val} (4 images)"
+
+
+def test_defaults_are_chosen_from_the_data_and_said(capsys, tmp_path) -> None:
+    data, out = _split(tmp_path / "data", mode="L"), tmp_path / "run"
+    code, _, err = run(capsys, "train", "--data", data, "--out", out, *_fast("--epochs", "2"))
+    assert code == 0, err
+    for line in (f"chose recipe {DEFAULT_RECIPE}: the default",
+                 "chose in_chans 1: every one of 26 surveyed images is grey",
+                 "chose image_size 32: median image 20x20: rounded up to a multiple of 32",
+                 "chose batch_size 12: default for 12 training images",
+                 "chose augment light: default", "chose lr 0.001: recipe lp_ft's default",
+                 "chose body_lr 0.0001: head LR x 0.1"):
+        assert line in err, line
+    _, meta = load_model(out / "model.safetensors")
+    assert meta.in_chans == 1 and meta.image_size == (32, 32)
+    assert "batch_size 12: default for 12 training images (about N/16, 16..256)" in \
+        meta.extra["settings"]
+    report = (out / "report.md").read_text()
+    assert "- chose in_chans 1: every one of 26 surveyed images is grey" in report
+
+
+def test_steps_lr_and_augment_are_obeyed(capsys, tmp_path) -> None:
+    data, out = _split(tmp_path / "data"), tmp_path / "run"
+    code, _, err = run(capsys, "train", "--data", data, "--out", out, "--recipe", "full",
+                       "--steps", "5", "--batch-size", "4", "--lr", "0.02",
+                       "--augment", "none", "--image-size", "16", *_fast())
+    assert code == 0, err
+    history = json.loads((out / "history.json").read_text())
+    assert len(history) == 2  # 12 images in batches of 4: 3 steps an epoch, 5 -> 2 epochs
+    assert "chose epochs 2: 5 steps given, 3 per epoch, rounded up to whole epochs" in err
+    assert history[0]["body_lr"] == pytest.approx(history[0]["lr"] * 0.1)  # --lr moves both
+    assert "chose augment" not in err and "chose image_size" not in err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--epochs", "2", "--steps", "3"], "not allowed with argument"),
+    (["--augment", "flip"], "invalid choice: 'flip'"),
+    (["--precision", "fp8"], "invalid choice: 'fp8'"),
+])
+def test_conflicting_or_unknown_options_are_usage_errors(capsys, tmp_path, argv, message):
+    code = main(["train", "--data", str(tmp_path), "--out", str(tmp_path / "o"), *_fast(*argv)])
+    assert code == 2 and message in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+def test_one_class_folder_is_an_error(capsys, tmp_path) -> None:
+    data = tmp_path / "data"
+    _classes(data, 4)
+    for f in (data / "dog").iterdir():
+        f.unlink()
+    (data / "dog").rmdir()
+    code, _, err = run(capsys, "train", "--data", data, "--out", tmp_path / "run", *_fast())
+    assert code == 1
+    assert_one_line_error(err, "cat")
+    assert not (tmp_path / "run" / "model.safetensors").exists()
+
+
+# ------------------------------------------------------------- --config run.toml
+def test_config_file_options_and_the_runs_own_copy_repeat_the_run(capsys, tmp_path) -> None:
+    data = _split(tmp_path / "data")
+    cfg = tmp_path / "run.toml"
+    cfg.write_text(f'[train]\ndata = "{data}"\nbackbone = "{TINY}"\nweights = "none"\n'
+                   'device = "cpu"\nepochs = 3\nbatch-size = 4\naugment = "none"\n'
+                   'recipe = "full"\n')
+    code, _, err = run(capsys, "train", "--config", cfg, "--epochs", "2", "--out",
+                       tmp_path / "a")
+    assert code == 0, err
+    history = json.loads((tmp_path / "a" / "history.json").read_text())
+    assert len(history) == 2  # the command line wins over the file's epochs = 3
+    written = (tmp_path / "a" / "config.toml").read_text()
+    for line in ("epochs = 2", "batch-size = 4", 'augment = "none"', "image-size = 32",
+                 "lr = 0.01", "body-lr = 0.001", "in-chans = 3", f'data = "{data}"'):
+        assert line in written.splitlines(), line
+    assert "out =" not in written
+    code, _, err = run(capsys, "train", "--config", tmp_path / "a" / "config.toml", "--out",
+                       tmp_path / "b")
+    assert code == 0, err
+    first, _ = load_model(tmp_path / "a" / "model.safetensors")
+    again, _ = load_model(tmp_path / "b" / "model.safetensors")
+    for (name, a), b in zip(first.state_dict().items(), again.state_dict().values()):
+        assert torch.equal(a, b), name
+
+
+@pytest.mark.parametrize("text, message", [
+    ('epoch = 3\n', "'epoch' is not a train option. Did you mean 'epochs'"),
+    ('epochs = [3]\n', "epochs must be a string or a number, got [3]"),
+    ('strict = "yes"\n', "strict must be true or false, got 'yes'"),
+    ('epochs = \n', "is not valid TOML"),
+    ('epochs = "0"\n', "argument --epochs: must be a positive integer, got '0'"),
+])
+def test_bad_config_files_are_usage_errors(capsys, tmp_path, text, message) -> None:
+    cfg = tmp_path / "run.toml"
+    cfg.write_text(f'data = "{tmp_path}"\nbackbone = "{TINY}"\n' + text)
+    code = main(["train", "--config", str(cfg), "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert code == 2 and message in err, err
+    assert not (tmp_path / "o").exists()
+
+
+def test_required_options_may_come_from_either_place(capsys, tmp_path) -> None:
+    code = main(["train", "--backbone", TINY])
+    err = capsys.readouterr().err
+    assert code == 2 and "required: --data, --out (on the command line or in --config)" in err
+    code = main(["train", "--config", str(tmp_path / "missing.toml"), "--out", "x"])
+    assert code == 2 and "missing.toml' does not exist" in capsys.readouterr().err

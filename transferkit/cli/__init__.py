@@ -4,7 +4,7 @@ Commands (``transferkit COMMAND --help`` for each one's options)::
 
     transferkit backbones [PATTERN]
     transferkit info NAME
-    transferkit train --data DIR|fashion-mnist --backbone NAME --out DIR ...
+    transferkit train --data DIR|fashion-mnist --backbone NAME --out DIR [--val DIR] ...
     transferkit predict MODEL_FILE PATH... [--topk K] [--format text|csv|json] [--output FILE]
     transferkit export MODEL_FILE --format torchscript|onnx [--out PATH]
 
@@ -28,8 +28,10 @@ from collections.abc import Sequence
 from typing import Any
 
 from transferkit._version import __version__
-from transferkit.cli import catalog, export, predict, train
+from transferkit.cli import catalog, config, export, predict, train
+from transferkit.data.augment import AUGMENT_PRESETS
 from transferkit.errors import TransferKitError
+from transferkit.recipes.table import DEFAULT_RECIPE
 
 __all__ = ["EXIT_BROKEN_PIPE", "build_parser", "main"]
 
@@ -87,29 +89,64 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=catalog.cmd_info)
 
     p = sub.add_parser("train", parents=[common], help="fine-tune on an image folder",
-                       description="Fine-tune a backbone on DIR/<class>/<image> (or "
-                       "FashionMNIST) and write OUT/model.safetensors and the history.")
-    p.add_argument("--data", required=True, help=f"image folder, or '{train.FASHION_MNIST}'")
-    p.add_argument("--backbone", required=True, help="backbone name (transferkit backbones)")
-    p.add_argument("--out", required=True, help="output folder (created if needed)")
-    p.add_argument("--recipe", default="lp_ft", help="fine-tuning recipe (default: lp_ft)")
-    p.add_argument("--epochs", type=_positive_int, default=5)
-    p.add_argument("--batch-size", type=_positive_int, default=64)
-    p.add_argument("--image-size", type=_positive_int, default=224)
-    p.add_argument("--lr", type=float, default=None, help="learning rate (default: recipe's)")
+                       description="Fine-tune a backbone on DIR/<class>/<image>, on split "
+                       "folders DIR/train|val|test/<class>/<image>, or on FashionMNIST, and "
+                       "write OUT/model.safetensors, the history and report.md. What is left "
+                       "out is chosen from the data and said in the log and the report.")
+    p.add_argument("--config", default=None, metavar="FILE",
+                   help="read options from a TOML file (command-line options win); each run "
+                        "writes OUT/config.toml, which repeats it")
+    p.add_argument("--data", default=None,
+                   help=f"image folder (class or split folders), or '{train.FASHION_MNIST}' "
+                        "(required, here or in --config)")
+    p.add_argument("--val", default=None, metavar="DIR",
+                   help="a separate validation folder, DIR/<class>/<image>")
+    p.add_argument("--test", default=None, metavar="DIR",
+                   help="a separate test folder, evaluated once at the end")
+    p.add_argument("--backbone", default=None,
+                   help="backbone name (transferkit backbones; required)")
+    p.add_argument("--out", default=None, help="output folder (created if needed; required)")
+    p.add_argument("--recipe", default=None,
+                   help=f"fine-tuning recipe (default: {DEFAULT_RECIPE})")
+    length = p.add_mutually_exclusive_group()
+    length.add_argument("--epochs", type=_positive_int, default=None,
+                        help="epochs (default: from the number of images)")
+    length.add_argument("--steps", type=_positive_int, default=None,
+                        help="optimizer steps instead of epochs (rounded up to epochs)")
+    p.add_argument("--batch-size", type=_positive_int, default=None,
+                   help="default: about N/16 images, 16..256")
+    p.add_argument("--image-size", type=_positive_int, default=None,
+                   help="stored and training size (default: the images' median size rounded "
+                        "up to a multiple of 32, at most the backbone's)")
+    p.add_argument("--lr", type=float, default=None,
+                   help="head LR (default: the recipe's); the body follows at the recipe's "
+                        "ratio unless --body-lr is given")
+    p.add_argument("--body-lr", type=float, default=None, help="body LR")
+    p.add_argument("--freeze-stages", type=int, default=0, metavar="K",
+                   help="keep the stem and K-1 stages frozen, cached once (default 0)")
+    p.add_argument("--augment", choices=tuple(AUGMENT_PRESETS), default=None,
+                   help="augmentation preset (default: light, shifts without flips)")
+    p.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32")
+    p.add_argument("--patience", type=_positive_int, default=None, metavar="N",
+                   help="stop early after N epochs without a better validation loss "
+                        "(default: off; the best epoch's weights are kept either way)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue an interrupted run in --out (same options)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--val-fraction", type=_fraction, default=0.2,
-                   help="share of each class held out for validation (image folders)")
+    p.add_argument("--val-fraction", type=_fraction, default=None,
+                   help="share of each class held out for validation when there is no "
+                        "validation folder (default 0.2; FashionMNIST: 1/12)")
     p.add_argument("--subset", type=_positive_int, default=None,
                    help="use at most N training and N validation images")
     p.add_argument("--weights", default="imagenet",
                    help="'imagenet' (pretrained), 'none' (random init) or a weights file")
     p.add_argument("--in-chans", type=int, choices=(1, 3), default=None,
-                   help="1 (grayscale) or 3 (RGB); default 3 for folders, 1 for FashionMNIST")
+                   help="1 (grayscale) or 3 (RGB); default: 1 when every image is grey")
     p.add_argument("--strict", action="store_true",
                    help="stop (exit 1) on an undecodable image instead of skipping it")
-    p.set_defaults(func=train.cmd_train)
+    p.set_defaults(func=train.cmd_train, parser=p)
+    parser.set_defaults(train_parser=p)
 
     p = sub.add_parser("predict", parents=[common], help="classify images",
                        description="Classify image files and folders (searched recursively): "
@@ -141,6 +178,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _with_config(parser: argparse.ArgumentParser, args: argparse.Namespace,
+                 argv: list[str]) -> argparse.Namespace:
+    """Re-parse ``train`` with ``--config``'s options first; check the required ones."""
+    train_parser = args.train_parser
+    if args.config is not None:
+        try:
+            extra = config.config_argv(args.config, train_parser)
+        except TransferKitError as exc:
+            train_parser.error(_one_line(exc))
+        i = argv.index("train")
+        args = parser.parse_args(argv[: i + 1] + extra + argv[i + 1 :])
+    missing = [f"--{name}" for name in ("data", "backbone", "out") if getattr(args, name) is None]
+    if missing:
+        train_parser.error(f"the following arguments are required: {', '.join(missing)} (on "
+                           "the command line or in --config)")
+    return args
+
+
 def _silence_stdout() -> None:
     """Point stdout at /dev/null, so the final flush at exit cannot fail on the closed pipe."""
     try:
@@ -168,6 +223,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
+        if args.command == "train":
+            args = _with_config(parser, args, list(sys.argv[1:] if argv is None else argv))
     except SystemExit as exc:  # --help, --version (0) and usage errors (2)
         return exc.code if isinstance(exc.code, int) else 2
     if args.command is None:

@@ -1,9 +1,18 @@
-"""``transferkit train``: fine-tune a backbone on an image folder or FashionMNIST."""
+"""``transferkit train``: fine-tune a backbone on an image folder or FashionMNIST.
+
+A thin shell over :func:`transferkit.recipes.fine_tune`: it reads the data (split folders,
+``--val``/``--test`` folders, or FashionMNIST), chooses what only the files can tell (the
+stored image size and the number of channels, from the images' headers), hands the tensors
+to ``fine_tune`` (which chooses the rest from the data) and writes the model file, the
+history and ``report.md``. A test split, when there is one, is evaluated once, at the end,
+with the weights the model ends with (the best on validation).
+"""
 
 from __future__ import annotations
 
 import argparse
 import logging
+import time
 import warnings
 from pathlib import Path
 from typing import Any
@@ -13,30 +22,87 @@ import torch
 from transferkit._io import check_writable
 from transferkit.adaptation import get_info
 from transferkit.backbones import backbone_spec, create, save_model
-from transferkit.data import Augment, TensorLoader, fashion_mnist, load_image_folder
-from transferkit.errors import ConfigError, DataError, closest
-from transferkit.recipes import fine_tune, list_recipes
+from transferkit.cli.config import write_config
+from transferkit.data import (
+    TensorLoader,
+    fashion_mnist,
+    image_stats,
+    list_images,
+    load_image_folder,
+    stratified_val_mask,
+)
+from transferkit.errors import ConfigError, DataError
+from transferkit.recipes import DEFAULT_RECIPE, Choice, check_recipe, default_image_size, fine_tune
+from transferkit.report import write_run_report
 
-__all__ = ["FASHION_MNIST", "cmd_train"]
+__all__ = ["FASHION_MNIST", "FASHION_VAL_FRACTION", "cmd_train"]
 
 log = logging.getLogger("transferkit.cli")
 FASHION_MNIST = "fashion-mnist"
+#: FashionMNIST's validation split: 5,000 of its 60,000 training images, stratified.
+FASHION_VAL_FRACTION = 1 / 12
 _SHOW_SKIPPED = 3  # undecodable files named in the warning; the count covers the rest
 
 
-def _load_data(args: argparse.Namespace) -> tuple[Any, Any, Any, Any, tuple[str, ...]]:
-    """Return train images/labels, val images/labels (or None) and the class names."""
-    if args.data == FASHION_MNIST:
-        if args.in_chans not in (None, 1):
-            raise ConfigError("FashionMNIST is grayscale: use --in-chans 1 (or leave it out).")
-        fm = fashion_mnist()
-        return (fm.train_images.unsqueeze(1), fm.train_labels, fm.test_images.unsqueeze(1),
-                fm.test_labels, tuple(fm.classes))
+class _Data:
+    """The splits the CLI trains, validates and tests on, and where they came from."""
+
+    def __init__(self, train: tuple[Any, Any], val: tuple[Any, Any] | None,
+                 test: tuple[Any, Any] | None, classes: tuple[str, ...],
+                 sources: list[str]) -> None:
+        self.train, self.val, self.test = train, val, test
+        self.classes, self.sources = classes, sources
+
+
+def _fashion(args: argparse.Namespace, choices: list[Choice]) -> _Data:
+    if args.in_chans not in (None, 1):
+        raise ConfigError("FashionMNIST is grayscale: use --in-chans 1 (or leave it out).")
+    if args.val is not None or args.test is not None:
+        raise ConfigError("--val and --test apply to image folders; FashionMNIST has its own "
+                          "test split and a validation split taken from its training images.")
+    fm = fashion_mnist()
+    fraction = FASHION_VAL_FRACTION if args.val_fraction is None else args.val_fraction
+    images, labels = fm.train_images.unsqueeze(1), fm.train_labels
+    mask = stratified_val_mask(labels, len(fm.classes), fraction, args.seed)
+    train, val = (images[~mask], labels[~mask]), (images[mask], labels[mask])
+    test = (fm.test_images.unsqueeze(1), fm.test_labels)
+    choices.append(Choice("in_chans", 1, "FashionMNIST is grey"))
+    sources = [f"train: FashionMNIST train ({len(train[1])} images)",
+               f"validation: {fraction:.3g} of FashionMNIST train, stratified, seed "
+               f"{args.seed} ({len(val[1])} images)",
+               f"test: FashionMNIST test ({len(test[1])} images)"]
+    return _Data(train, val if len(val[1]) else None, test, tuple(fm.classes), sources)
+
+
+def _survey(args: argparse.Namespace, choices: list[Choice]) -> tuple[int, int]:
+    """The stored image size and channels: given, or from the images' headers."""
+    files = list_images(args.data)
+    if not files:
+        raise DataError(f"no image files under {args.data!r} (extensions: .png, .jpg, ...).")
+    stats = image_stats(files)
+    h, w = stats.median_size
+    in_chans = args.in_chans
+    if in_chans is None:
+        in_chans = stats.in_chans
+        choices.append(Choice("in_chans", in_chans, f"{'every' if stats.grey else 'not every'}"
+                              f" one of {stats.surveyed} surveyed images is grey"))
+    size = args.image_size
+    if size is None:
+        pretrained = backbone_spec(args.backbone).input_size[1:]
+        size = default_image_size((h, w), pretrained)
+        choices.append(Choice("image_size", size,
+                              f"median image {h}x{w}: rounded up to a multiple of 32, at most "
+                              f"{args.backbone}'s {max(pretrained)} px"))
+    return size, in_chans
+
+
+def _folder(args: argparse.Namespace, choices: list[Choice]) -> _Data:
+    size, in_chans = _survey(args, choices)
     with warnings.catch_warnings(record=True):  # the CLI reports skipped files itself
         warnings.simplefilter("always")
-        data = load_image_folder(args.data, image_size=args.image_size,
-                                 in_chans=args.in_chans or 3, val_fraction=args.val_fraction,
-                                 seed=args.seed)
+        data = load_image_folder(args.data, image_size=size, in_chans=in_chans,
+                                 val_fraction=args.val_fraction, seed=args.seed,
+                                 val=args.val, test=args.test)
     if data.skipped:
         names = ", ".join(repr(s) for s in data.skipped[:_SHOW_SKIPPED])
         more = f" and {len(data.skipped) - _SHOW_SKIPPED} more" if len(
@@ -48,59 +114,87 @@ def _load_data(args: argparse.Namespace) -> tuple[Any, Any, Any, Any, tuple[str,
             )
         warnings.warn(f"skipped {len(data.skipped)} undecodable image(s): {names}{more}",
                       stacklevel=2)
-    val = (data.val_images, data.val_labels) if len(data.val_labels) else (None, None)
-    return data.train_images, data.train_labels, val[0], val[1], data.classes
+    val = (data.val_images, data.val_labels) if len(data.val_labels) else None
+    test = (data.test_images, data.test_labels) if data.test_images is not None else None
+    return _Data((data.train_images, data.train_labels), val, test, data.classes,
+                 data.describe())
 
 
-def _subset(images: Any, labels: Any, n: int | None, seed: int) -> tuple[Any, Any]:
-    if images is None or n is None or n >= len(labels):
-        return images, labels
-    keep = torch.randperm(len(labels), generator=torch.Generator().manual_seed(seed))[:n]
-    return images[keep], labels[keep]
+def _subset(pair: tuple[Any, Any] | None, n: int | None, seed: int) -> tuple[Any, Any] | None:
+    if pair is None or n is None or n >= len(pair[1]):
+        return pair
+    keep = torch.randperm(len(pair[1]), generator=torch.Generator().manual_seed(seed))[:n]
+    return pair[0][keep], pair[1][keep]
 
 
-def cmd_train(args: argparse.Namespace) -> int:
-    """Fine-tune, evaluate and write ``args.out/model.safetensors`` (see docs/cli.md)."""
-    # Everything that can be checked without data is checked before loading any.
-    recipes = list(list_recipes())
-    if args.recipe not in recipes:
-        raise ConfigError(
-            f"Unknown recipe {args.recipe!r}.{closest(args.recipe, recipes)} "
-            f"Valid: {', '.join(recipes)}."
-        )
+def _check_args(args: argparse.Namespace) -> tuple[str, bool | str, Path]:
+    """Check everything that needs no data; return the recipe, the weights and --out."""
+    recipe = check_recipe(args.recipe or DEFAULT_RECIPE).name
     backbone_spec(args.backbone)
     weights: bool | str = {"imagenet": True, "none": False}.get(args.weights, args.weights)
     if isinstance(weights, str) and not Path(weights).is_file():
         raise ConfigError(
             f"--weights {args.weights!r} is neither 'imagenet', 'none' nor an existing file."
         )
-    out = check_writable(Path(args.out), what="--out")
+    return recipe, weights, check_writable(Path(args.out), what="--out")
 
-    train_x, train_y, val_x, val_y, classes = _load_data(args)
-    train_x, train_y = _subset(train_x, train_y, args.subset, args.seed)
-    val_x, val_y = _subset(val_x, val_y, args.subset, args.seed + 1)
-    in_chans = int(train_x.shape[1])
-    model = create(args.backbone, len(classes), in_chans=in_chans, pretrained=weights)
+
+def cmd_train(args: argparse.Namespace) -> int:
+    """Fine-tune, test and write ``args.out/model.safetensors`` and ``report.md``."""
+    start = time.perf_counter()
+    recipe, weights, out = _check_args(args)
+    choices: list[Choice] = []
+    if args.recipe is None:
+        choices.append(Choice("recipe", recipe, "the default (never failed across data sizes in "
+                                                "benchmarks/small_data.py, docs/recipes.md)"))
+    data = _fashion(args, choices) if args.data == FASHION_MNIST else _folder(args, choices)
+    train = _subset(data.train, args.subset, args.seed)
+    val = _subset(data.val, args.subset, args.seed + 1)
+    in_chans, size = int(train[0].shape[1]), int(train[0].shape[-1])
+    for line in data.sources:
+        log.info("%s", line)
+    torch.manual_seed(args.seed)  # the new head's initialisation: a run repeats exactly
+    model = create(args.backbone, len(data.classes), in_chans=in_chans, pretrained=weights)
+    log.info("training %s on %d images (%d classes), validating on %d", args.backbone,
+             len(train[1]), len(data.classes), 0 if val is None else len(val[1]))
+    for choice in choices:
+        log.info("chose %s", choice)
+    result = fine_tune(
+        model, train, val, recipe=recipe, epochs=args.epochs, steps=args.steps, lr=args.lr,
+        body_lr=args.body_lr, batch_size=args.batch_size, image_size=size,
+        augment=args.augment, freeze_stages=args.freeze_stages, precision=args.precision,
+        patience=args.patience, resume=args.resume, out_dir=out, device=args.device,
+        seed=args.seed)
+    settings = choices + result.settings
     info = get_info(model)
-    common: dict[str, Any] = dict(batch_size=args.batch_size, image_size=args.image_size,
-                                  mean=info.mean, std=info.std, num_classes=len(classes),
-                                  in_chans=in_chans, seed=args.seed)
-    pad = max(1, int(train_x.shape[-1]) // 8)
-    train = TensorLoader(train_x, train_y, shuffle=True,
-                         augment=Augment(crop_padding=pad, hflip=0.5), **common)
-    val = TensorLoader(val_x, val_y, **common) if val_x is not None else None
-    log.info("training %s on %d images (%d classes), validating on %d, recipe %s",
-             args.backbone, len(train_y), len(classes), 0 if val_y is None else len(val_y),
-             args.recipe)
-    result = fine_tune(model, train, val, recipe=args.recipe, epochs=args.epochs, lr=args.lr,
-                       out_dir=out, device=args.device, seed=args.seed)
-    metrics = result.trainer.evaluate(val) if val is not None else {}
-    extra = {"recipe": args.recipe, "epochs": args.epochs, "data": str(args.data),
-             "seconds": round(float(result.seconds), 3),
-             "val": {k: float(v) for k, v in metrics.items()}}
+    split, pair = ("test", data.test) if data.test is not None else ("val", val)
+    metrics: dict[str, float] = {}
+    facts: dict[str, Any] = {"backbone": args.backbone, "weights": str(args.weights),
+                             "recipe": recipe, "data": str(args.data),
+                             **{line.split(":", 1)[0]: line.split(":", 1)[1].strip()
+                                for line in data.sources},
+                             "image size": size, "in_chans": in_chans,
+                             "epochs": len(result.history), "device": str(args.device)}
+    if pair is not None:
+        loader = TensorLoader(*pair, batch_size=256, image_size=size, mean=info.mean,
+                              std=info.std, num_classes=len(data.classes))
+        probs = result.trainer.predict(loader)
+        facts["wall time (s)"] = round(time.perf_counter() - start, 1)
+        _, metrics = write_run_report(
+            out, title=f"{args.backbone} fine-tuned on {args.data}", facts=facts,
+            history=result.history, probs=probs, labels=pair[1], images=pair[0],
+            class_names=data.classes, split=split, settings=settings, notes=result.notes)
+    else:
+        log.warning("no validation or test images: report.md not written")
+    extra = {"recipe": recipe, "data": str(args.data), "splits": data.sources,
+             "settings": [str(s) for s in settings],
+             "seconds": round(float(result.seconds), 3), **metrics}
     path = save_model(result.model, out / "model.safetensors", backbone=args.backbone,
-                      class_names=classes, image_size=args.image_size, extra=extra)
-    summary = " ".join(f"{k}={v:.4g}" for k, v in metrics.items() if k != "count")
-    print(f"{path}\t{summary or 'no validation data'}")
+                      class_names=data.classes, image_size=size, extra=extra)
+    chosen = {s.name: s.value for s in settings if not (s.name == "epochs" and args.steps)}
+    write_config(out, args, args.parser, {**chosen, "image_size": size}, comments=(
+        "The options of this run, the settings it chose from the data included:",
+        f"transferkit train --config {out / 'config.toml'} --out NEW_FOLDER repeats it."))
+    summary = " ".join(f"{k}={v:.4g}" for k, v in metrics.items() if not k.endswith("count"))
+    print(f"{path}\t{summary or 'no validation or test data'}")
     return 0
-

@@ -7,14 +7,15 @@ The code lives in one module per idea:
 - :mod:`transferkit.data.augment`: its batch augmentations (:class:`Augment`);
 - :mod:`transferkit.data.folder_layout`: which folder of a user's image folder holds which split;
 - :mod:`transferkit.data.image_folder`: a user's image folder, loaded into memory;
-- :mod:`transferkit.data.image_files`: which files under a folder are images.
+- :mod:`transferkit.data.image_files`: which files under a folder are images;
+- :mod:`transferkit.data.image_stats`: their size and colour, from their headers.
 
 This layer knows tensors and files, not models: it imports only the base modules.
 """
 
 from __future__ import annotations
 
-from transferkit.data.augment import Augment
+from transferkit.data.augment import AUGMENT_PRESETS, Augment, augment_preset
 from transferkit.data.fashion import (
     FASHION_MNIST_CLASSES,
     FashionMNIST,
@@ -30,10 +31,13 @@ from transferkit.data.image_folder import (
     SplitSource,
     decode_image,
     load_image_folder,
+    stratified_val_mask,
 )
+from transferkit.data.image_stats import GREY_MODES, ImageStats, image_stats
 from transferkit.data.pipeline import TensorLoader
 
 __all__ = [
+    "AUGMENT_PRESETS",
     "DEFAULT_VAL_FRACTION",
     "FASHION_MNIST_CLASSES",
     "IMG_EXTENSIONS",
@@ -41,15 +45,20 @@ __all__ = [
     "SPLIT_NAMES",
     "Augment",
     "FashionMNIST",
+    "GREY_MODES",
     "ImageFolderData",
+    "ImageStats",
     "SplitFolders",
     "SplitSource",
     "TensorLoader",
+    "augment_preset",
     "decode_image",
     "fashion_mnist",
     "fashion_mnist_search_paths",
     "find_splits",
+    "image_stats",
     "list_images",
     "load_image_folder",
     "read_idx",
+    "stratified_val_mask",
 ]

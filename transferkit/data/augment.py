@@ -16,7 +16,17 @@ import torch.nn.functional as F
 from transferkit import _validate
 from transferkit.errors import ConfigError
 
-__all__ = ["Augment", "random_crop_flip", "random_erase"]
+__all__ = ["AUGMENT_PRESETS", "Augment", "augment_preset", "random_crop_flip", "random_erase"]
+
+#: The named augmentations of ``fine_tune(augment=...)`` and ``transferkit train --augment``:
+#: name -> what it does. "light" is the default: shifts only, because a flip changes the
+#: meaning of images whose left and right differ (text, some medical and industrial images).
+AUGMENT_PRESETS: dict[str, str] = {
+    "none": "no augmentation",
+    "light": "random shifts of up to 1/8 of the image (pad and crop)",
+    "standard": "light, plus horizontal flips (p=0.5)",
+    "strong": "standard, plus random erasing (p=0.25)",
+}
 
 
 @dataclass(frozen=True)
@@ -111,3 +121,32 @@ def random_erase(x: torch.Tensor, aug: Augment, generator: torch.Generator) -> t
     in_cols = (cols >= left[:, None]) & (cols < (left + ew)[:, None])
     in_rows, in_cols = in_rows.to(x.device), in_cols.to(x.device)
     return x.masked_fill_(in_rows[:, None, :, None] & in_cols[:, None, None, :], aug.erase_value)
+
+
+def augment_preset(name: str, image_size: int) -> Augment | None:
+    """Return the :class:`Augment` of the preset ``name`` for images stored at ``image_size``.
+
+    Args:
+        name: One of :data:`AUGMENT_PRESETS`.
+        image_size: The stored (largest) side, which sets the shift: ``max(1, size // 8)``.
+
+    Returns:
+        The augmentation, or ``None`` for ``"none"``.
+
+    Raises:
+        ConfigError: An unknown preset (the valid ones are listed).
+
+    Example:
+        >>> augment_preset("standard", 32)
+        Augment(crop_padding=4, hflip=0.5, erase=0.0, erase_scale=(0.02, 0.33), \
+erase_ratio=(0.3, 3.3), erase_value=0.0)
+        >>> augment_preset("none", 32) is None
+        True
+    """
+    name = _validate.choice("augment", name, AUGMENT_PRESETS)
+    size = _validate.positive_int("image_size", image_size)
+    if name == "none":
+        return None
+    pad = max(1, size // 8)
+    return Augment(crop_padding=pad, hflip=0.5 if name in ("standard", "strong") else 0.0,
+                   erase=0.25 if name == "strong" else 0.0)

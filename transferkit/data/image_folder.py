@@ -41,6 +41,7 @@ __all__ = [
     "SplitSource",
     "decode_image",
     "load_image_folder",
+    "stratified_val_mask",
 ]
 
 logger = logging.getLogger(__name__)
@@ -247,7 +248,7 @@ def load_image_folder(
     sources: dict[str, SplitSource] = {}
     if folders.val is None:
         fraction = DEFAULT_VAL_FRACTION if val_fraction is None else float(val_fraction)
-        val_mask = _stratified_val_mask(labels, len(folders.classes), fraction, seed)
+        val_mask = stratified_val_mask(labels, len(folders.classes), fraction, seed)
         val_images, val_labels = images[val_mask], labels[val_mask]
         images, labels = images[~val_mask], labels[~val_mask]
         sources["train"] = SplitSource(str(folders.train), len(labels))
@@ -317,9 +318,16 @@ def _read_split(
     return torch.stack(images), torch.tensor(labels, dtype=torch.long)
 
 
-def _stratified_val_mask(
+def stratified_val_mask(
     labels: torch.Tensor, num_classes: int, val_fraction: float, seed: int
 ) -> torch.Tensor:
+    """Return a mask of ``round(val_fraction * n_c)`` seeded picks from each class ``c``.
+
+    Example:
+        >>> mask = stratified_val_mask(torch.arange(20) % 2, 2, 0.2, seed=0)
+        >>> int(mask.sum()), int(mask[::2].sum()), int(mask[1::2].sum())
+        (4, 2, 2)
+    """
     generator = torch.Generator().manual_seed(seed)
     mask = torch.zeros(labels.shape[0], dtype=torch.bool)
     for label in range(num_classes):

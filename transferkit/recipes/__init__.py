@@ -2,6 +2,9 @@
 
 - :mod:`~transferkit.recipes.table`: the recipes, their defaults and references;
 - :mod:`~transferkit.recipes.finetune`: :func:`fine_tune`;
+- :mod:`~transferkit.recipes.budget`: its defaults chosen from the data (batch size, length,
+  image size), each reported as a :class:`Choice`;
+- :mod:`~transferkit.recipes.inputs`: its data, loaders or ``(images, labels)`` tensors;
 - :mod:`~transferkit.recipes.cache`: cache what a frozen part of the model computes (the
   head's input for a linear probe, a frozen prefix of stages), once;
 - :mod:`~transferkit.recipes.feature_loader`: serve cached tensors as batches;
@@ -14,6 +17,12 @@ This layer sits on :mod:`transferkit.train`, :mod:`transferkit.adaptation` and
 
 from __future__ import annotations
 
+from transferkit.recipes.budget import (
+    Choice,
+    default_batch_size,
+    default_epochs,
+    default_image_size,
+)
 from transferkit.recipes.cache import (
     cache_inputs,
     extract_features,
@@ -24,25 +33,31 @@ from transferkit.recipes.cache import (
 )
 from transferkit.recipes.feature_loader import FeatureLoader, loader_like
 from transferkit.recipes.finetune import FineTuneResult, fine_tune
+from transferkit.recipes.inputs import DEFAULT_AUGMENT
 from transferkit.recipes.l2sp import L2SP, L2SPLoss
 from transferkit.recipes.table import (
+    DEFAULT_RECIPE,
     L2SP_ALPHA,
     LAYER_DECAY,
     PROBE_LR,
     RECIPES,
     UNFREEZE_UNTIL,
     Recipe,
+    check_recipe,
     list_recipes,
 )
 from transferkit.recipes.views import EvalMode, HeadOnFeatures, StageTail
 
 __all__ = [
+    "DEFAULT_AUGMENT",
+    "DEFAULT_RECIPE",
     "L2SP",
     "L2SP_ALPHA",
     "LAYER_DECAY",
     "PROBE_LR",
     "RECIPES",
     "UNFREEZE_UNTIL",
+    "Choice",
     "EvalMode",
     "FeatureLoader",
     "FineTuneResult",
@@ -51,6 +66,10 @@ __all__ = [
     "Recipe",
     "StageTail",
     "cache_inputs",
+    "check_recipe",
+    "default_batch_size",
+    "default_epochs",
+    "default_image_size",
     "extract_features",
     "extraction_batch_size",
     "fine_tune",

@@ -84,7 +84,7 @@ def extraction_batch_size(height: int, width: int) -> int:
     return max(low, min(high, EXTRACT_PIXELS // (height * width)))
 
 
-def _is_conv_model(model: nn.Module) -> bool:
+def is_conv_model(model: nn.Module) -> bool:
     """Return whether 4-D (convolution) weights hold most of ``model``'s parameters."""
     total = conv = 0
     for p in model.parameters():
@@ -218,7 +218,7 @@ def cache_inputs(
     dev = torch.device(device) if device is not None else next(inner.parameters()).device
     on_cpu = dev.type == "cpu"
     if channels_last is None:
-        channels_last = on_cpu and _is_conv_model(inner)
+        channels_last = on_cpu and is_conv_model(inner)
     # The user's model is never changed: channels-last copies of its 4-D weights are
     # swapped in for each call only (torch.func.functional_call restores the originals).
     capture = _Capture(inner, module, _channels_last_params(inner) if channels_last else {})

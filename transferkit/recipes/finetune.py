@@ -12,6 +12,7 @@ measurements behind the defaults.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import time
 import warnings
@@ -28,10 +29,19 @@ from transferkit.adaptation.core import get_info, unwrap
 from transferkit.adaptation.freezing import BN_MODES, freeze, freeze_state, load_freeze_state
 from transferkit.data.pipeline import TensorLoader
 from transferkit.errors import ConfigError
-from transferkit.recipes.cache import cache_inputs, plain_loader, split_at_head, split_at_stage
+from transferkit.recipes.budget import Choice, default_epochs
+from transferkit.recipes.cache import (
+    cache_inputs,
+    is_conv_model,
+    plain_loader,
+    split_at_head,
+    split_at_stage,
+)
 from transferkit.recipes.feature_loader import FeatureLoader, batch_size_of, loader_like
+from transferkit.recipes.inputs import build_inputs, num_samples
 from transferkit.recipes.l2sp import L2SPLoss
 from transferkit.recipes.table import (
+    DEFAULT_RECIPE,
     L2SP_ALPHA,
     LAYER_DECAY,
     PROBE_LR,
@@ -82,6 +92,9 @@ class FineTuneResult:
             (what was cached, a cache that could not be used), as also logged.
         timings: Where the time went, in seconds: ``cache_s`` (computing cached inputs,
             0 without a cache) and ``train_s`` (the epochs, validation included).
+        settings: Every setting ``fine_tune`` chose itself because it was left out (the
+            length of training, the LRs and, for tensors, the batch size, image size and
+            augmentation), each with its reason; also logged, one line each.
     """
 
     model: nn.Module
@@ -91,6 +104,7 @@ class FineTuneResult:
     trainer: Trainer | None = None
     notes: list[str] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
+    settings: list[Choice] = field(default_factory=list)
 
 
 def _check_trainer_kwargs(kwargs: dict[str, Any]) -> None:
@@ -222,13 +236,65 @@ def _finetune(model: nn.Module, train: Any, val: Any, *, recipe: str, epochs: in
     return trainer
 
 
+def _length(train: Any, epochs: int | None, steps: int | None,
+            settings: list[Choice]) -> int:
+    """Return the number of epochs: given, from ``steps``, or the default for the data."""
+    if epochs is not None and steps is not None:
+        raise ConfigError(f"pass epochs= or steps=, not both (got epochs={epochs!r}, "
+                          f"steps={steps!r}).")
+    if epochs is not None:
+        return _validate.positive_int("epochs", epochs, example=5)
+    per_epoch = data_len(train)
+    if steps is not None:
+        steps = _validate.positive_int("steps", steps, example=1000)
+        if not per_epoch:
+            raise ConfigError("steps= needs train data with a len() to turn steps into "
+                              "epochs; pass epochs= instead.")
+        epochs = math.ceil(steps / per_epoch)
+        settings.append(Choice("epochs", epochs, f"{steps} steps given, {per_epoch} per "
+                                                 "epoch, rounded up to whole epochs"))
+        return epochs
+    n = num_samples(train)
+    if n is None:
+        raise ConfigError("epochs= is needed: the train data has no len(), so fine_tune "
+                          "cannot choose a length from its size; pass epochs=5, say.")
+    epochs = default_epochs(n)
+    why = f"default for {n} training images (round(1000/sqrt(N)), 3..60)"
+    if per_epoch:
+        why += f": {epochs * per_epoch} optimizer steps of {per_epoch} per epoch"
+    settings.append(Choice("epochs", epochs, why))
+    return epochs
+
+
+def _body_ratio(spec: Any) -> float:
+    """The recipe's body LR over its head LR (0.1 for a recipe without a body LR)."""
+    return spec.body_lr / spec.lr if spec.body_lr else 0.1
+
+
+def _lr_settings(spec: Any, lr: float | None, body_lr: float | None) -> list[Choice]:
+    """The LR choices ``fine_tune`` makes for what was left out, as :class:`Choice` lines."""
+    if spec.name == "linear_probe":
+        return [] if lr is not None else [Choice("lr", spec.lr, "the linear probe's default")]
+    out = []
+    if spec.name == "lp_ft":
+        out.append(Choice("probe lr", PROBE_LR, "the linear probe's default (PROBE_LR)"))
+    if lr is None:
+        out.append(Choice("lr", spec.lr, f"recipe {spec.name}'s default head LR"))
+    if body_lr is None:
+        head = spec.lr if lr is None else lr
+        out.append(Choice("body_lr", head * _body_ratio(spec),
+                          f"head LR x {_body_ratio(spec):g}, recipe {spec.name}'s ratio"))
+    return out
+
+
 def fine_tune(
     model: nn.Module,
     train: Iterable[Any],
     val: Iterable[Any] | None = None,
     *,
-    recipe: str = "lp_ft",
-    epochs: int = 5,
+    recipe: str = DEFAULT_RECIPE,
+    epochs: int | None = None,
+    steps: int | None = None,
     lr: float | None = None,
     body_lr: float | None = None,
     l2sp: float = 0.0,
@@ -243,6 +309,9 @@ def fine_tune(
     progress: bool | None = None,
     cache_features: bool = True,
     bn: str | None = None,
+    batch_size: int | None = None,
+    image_size: int | None = None,
+    augment: str | None = None,
     **trainer_kwargs: Any,
 ) -> FineTuneResult:
     """Fine-tune ``model`` on ``train`` with a named recipe; return the model and history.
@@ -251,15 +320,29 @@ def fine_tune(
     ``"gradual"``, ``"llrd"``, ``"bitfit"``, ``"l2sp"``; see ``docs/recipes.md``.
     The model is trained in place. All arguments are checked before it changes.
 
+    What is left out is chosen from the data (:mod:`transferkit.recipes.budget`, measured in
+    ``benchmarks/small_data.py``) and reported in ``result.settings`` and the log: the
+    number of epochs from the number of training images, the body LR at the recipe's ratio
+    to ``lr``, and, when ``train`` is ``(images, labels)`` tensors, the batch size, the
+    image size and the augmentation.
+
     Args:
         model: An adapted model (``transferkit.create`` or ``adapt``).
-        train: Batches of ``(images, labels)`` (a DataLoader or a ``TensorLoader``).
-        val: Validation batches, evaluated after every epoch.
-        recipe: The recipe's name.
-        epochs: Total epochs, all phases together (``lp_ft`` needs at least 2).
+        train: Batches of ``(images, labels)`` (a DataLoader or a ``TensorLoader``), or
+            the tensors ``(images, labels)`` themselves (``uint8`` or float images
+            ``[N, C, H, W]``, grey ones also ``[N, H, W]``), which ``fine_tune`` batches,
+            resizes, normalises (with the model's statistics) and augments.
+        val: Validation batches, evaluated after every epoch: a loader, or tensors when
+            ``train`` is tensors.
+        recipe: The recipe's name (default :data:`~transferkit.recipes.table.DEFAULT_RECIPE`).
+        epochs: Total epochs, all phases together (``lp_ft`` needs at least 2); default
+            from the number of training images (``default_epochs``).
+        steps: The length as optimizer steps instead, rounded up to whole epochs (needs
+            ``train`` with a ``len()``); not with ``epochs``.
         lr: Head LR; default per recipe (see ``RECIPES``). For ``lp_ft``, the head LR of
             the fine-tuning phase (the probe uses ``PROBE_LR``).
-        body_lr: Body LR (of the last stage for ``llrd``); default per recipe.
+        body_lr: Body LR (of the last stage for ``llrd``); default: ``lr`` times the
+            recipe's body/head ratio, so ``lr=`` alone moves both.
         l2sp: L2-SP strength ``alpha`` added to any recipe (0: off; recipe ``"l2sp"``
             defaults to ``L2SP_ALPHA``). Not applied to a linear probe, which has no body
             to pull.
@@ -287,6 +370,11 @@ def fine_tune(
             on eval-mode features, which batch statistics would shift) and ``"train"``
             otherwise. The returned model keeps it (``freeze_state(model)["bn"]``;
             ``transferkit.unfreeze(model)`` resets it).
+        batch_size: Batch size for tensors (default: about ``N / 16``, 16..256).
+        image_size: Training size for tensors (default: the images' size rounded up to a
+            multiple of 32, at most the backbone's pretrained size).
+        augment: Augmentation preset for tensors, one of ``AUGMENT_PRESETS`` (default
+            ``"light"``: shifts, no flips).
         **trainer_kwargs: Other :class:`~transferkit.train.trainer.Trainer` arguments
             (``weight_decay``, ``warmup``, ``grad_clip``, ``loss_fn``, ``monitor``...).
 
@@ -295,8 +383,10 @@ def fine_tune(
 
     Raises:
         UnknownRecipeError: Unknown recipe (a ``ConfigError``; the closest is suggested).
-        ConfigError: Bad ``epochs``, ``lr``, ``body_lr``, ``l2sp``, ``probe_epochs``,
-            ``freeze_stages``, ``resume`` or Trainer argument.
+        ConfigError: Bad ``epochs``, ``steps``, ``lr``, ``body_lr``, ``l2sp``,
+            ``probe_epochs``, ``freeze_stages``, ``resume``, ``batch_size``,
+            ``image_size``, ``augment`` or Trainer argument.
+        DataError: ``(images, labels)`` tensors that do not match.
         OSError: ``out_dir`` cannot be created or written.
 
     Example:
@@ -309,7 +399,10 @@ def fine_tune(
     """
     start = time.perf_counter()
     spec = check_recipe(recipe)
-    epochs = _validate.positive_int("epochs", epochs, example=5)
+    inputs = build_inputs(model, train, val, batch_size=batch_size, image_size=image_size,
+                          augment=augment, seed=seed, cached=bool(freeze_stages))
+    train, val, settings = inputs.train, inputs.val, inputs.choices
+    epochs = _length(train, epochs, steps, settings)
     lr_ = None if lr is None else _validate.rate("lr", lr, allow_zero=False, example=1e-3)
     body_lr_ = (None if body_lr is None
                 else _validate.rate("body_lr", body_lr, allow_zero=False, example=1e-4))
@@ -350,6 +443,13 @@ def fine_tune(
                           "a one-phase recipe (not 'lp_ft').")
     _validate.flag("cache_features", cache_features)
     _check_trainer_kwargs(trainer_kwargs)
+    settings += _lr_settings(spec, lr_, body_lr_)
+    if "channels_last" not in trainer_kwargs and select_device(device).type == "cpu" and \
+            is_conv_model(model):
+        # Measured (benchmarks/throughput.py, docs/benchmarks.md): EfficientNet-Lite0 trains
+        # 2.1-2.5x faster channels-last on the CPU, ResNet-18 0.8-1.2x (within the noise).
+        trainer_kwargs["channels_last"] = True
+        settings.append(Choice("channels_last", True, "a convolutional model on the CPU"))
     common = {"device": device, "precision": precision, "callbacks": tuple(callbacks),
               "seed": seed, "progress": progress}
     check_trainer_args(has_val=val is not None, **common, **trainer_kwargs)
@@ -367,6 +467,8 @@ def fine_tune(
     notes: list[str] = []
     timings: dict[str, float] = {"cache_s": 0.0}
     trainer: Trainer
+    for choice in settings:
+        log.info("chose %s", choice)
     before = freeze_state(model)
     try:
         if spec.name in ("linear_probe", "lp_ft"):
@@ -378,7 +480,7 @@ def fine_tune(
             history += _phase_records(trainer.history, "probe", 0)
         if spec.name != "linear_probe":
             head = lr_ if lr_ is not None else spec.lr
-            body = body_lr_ if body_lr_ is not None else (spec.body_lr or head * 0.1)
+            body = body_lr_ if body_lr_ is not None else head * _body_ratio(spec)
             # Set before the Trainer, which keeps this BatchNorm mode under its own
             # freezing policy (every fine-tuning phase applies one).
             freeze(model, "none", bn=bn_)
@@ -401,4 +503,4 @@ def fine_tune(
     seconds = time.perf_counter() - start
     log.info("fine_tune: recipe %s, %d epoch(s) in %.1f s", spec.name, len(history), seconds)
     return FineTuneResult(model=model, recipe=spec.name, history=history, seconds=seconds,
-                          trainer=trainer, notes=notes, timings=timings)
+                          trainer=trainer, notes=notes, timings=timings, settings=settings)

@@ -6,7 +6,8 @@ from dataclasses import dataclass
 
 from transferkit.errors import UnknownRecipeError, closest
 
-__all__ = ["L2SP_ALPHA", "LAYER_DECAY", "PROBE_LR", "RECIPES", "UNFREEZE_UNTIL", "Recipe",
+__all__ = ["DEFAULT_RECIPE", "L2SP_ALPHA", "LAYER_DECAY", "PROBE_LR", "RECIPES", "UNFREEZE_UNTIL",
+           "Recipe",
            "check_recipe", "list_recipes"]
 
 
@@ -32,6 +33,7 @@ class Recipe:
     caches_stages: bool = True
 
 
+DEFAULT_RECIPE = "lp_ft"  # never failed across data sizes (docs/recipes.md, small data)
 PROBE_LR = 1e-2  # head LR of a linear probe (also the probe phase of lp_ft)
 L2SP_ALPHA = 0.01  # alpha of recipe "l2sp" when fine_tune(l2sp=0)
 LAYER_DECAY = 0.7  # per-stage LR multiplier of recipe "llrd", counted back from the head
@@ -41,7 +43,8 @@ RECIPES: dict[str, Recipe] = {
     r.name: r
     for r in (
         Recipe("full", "everything trains; head LR 10x the body LR",
-               "Howard & Ruder, ULMFiT (ACL 2018): discriminative fine-tuning"),
+               "Howard & Ruder, ULMFiT (ACL 2018): discriminative fine-tuning",
+               lr=1e-2, body_lr=1e-3),
         Recipe("linear_probe", "frozen body; the head trains on features cached once",
                "Kornblith et al., Do Better ImageNet Models Transfer Better? (CVPR 2019)",
                lr=PROBE_LR, body_lr=None, caches_stages=False),

@@ -3,7 +3,8 @@
 - :mod:`~transferkit.report.markdown`: :func:`write_report`;
 - :mod:`~transferkit.report.confusion`: :func:`confusion_matrix` and its checks;
 - :mod:`~transferkit.report.plots`: training curves, confusion matrix, misclassified
-  images (matplotlib, optional).
+  images (matplotlib, optional);
+- :mod:`~transferkit.report.run`: the report of one fine-tuning run (:func:`write_run_report`).
 
 This layer knows histories, tensors and files, not models or training: it imports only
 the base modules.
@@ -20,6 +21,7 @@ from transferkit.report.plots import (
     plot_history,
     plot_misclassified,
 )
+from transferkit.report.run import write_run_report
 
 __all__ = [
     "PLOTS_SKIPPED",
@@ -29,4 +31,5 @@ __all__ = [
     "plot_history",
     "plot_misclassified",
     "write_report",
+    "write_run_report",
 ]

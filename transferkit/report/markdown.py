@@ -65,7 +65,7 @@ def _column_rank(key: str) -> tuple[int, int]:
             metric = key[len(prefix) :]
             order = _METRIC_ORDER.index(metric) if metric in _METRIC_ORDER else len(_METRIC_ORDER)
             return group, order
-    fixed = {"epoch": (0, 0), "lr": (4, 0), "time": (5, 0)}
+    fixed = {"epoch": (0, 0), "lr": (4, 0), "body_lr": (4, 1), "time": (5, 0)}
     return fixed.get(key, (3, 0))
 
 

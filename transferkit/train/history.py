@@ -89,9 +89,12 @@ def update_best(
 
 
 def format_epoch(record: dict[str, Any], epochs: int) -> str:
-    """Return the one log line of an epoch: ``epoch 2/10  lr 0.001  train_loss 0.3 ...``."""
+    """Return the one log line of an epoch: ``epoch 2/10  lr 0.01  body_lr 0.001  ...``."""
     parts = [f"epoch {record['epoch']}/{epochs}", f"lr {record['lr']:.3g}"]
-    parts += [f"{k} {v:.4f}" for k, v in record.items() if k not in ("epoch", "lr", "time")]
+    if "body_lr" in record:
+        parts.append(f"body_lr {record['body_lr']:.3g}")
+    parts += [f"{k} {v:.4f}" for k, v in record.items()
+              if k not in ("epoch", "lr", "body_lr", "time")]
     parts.append(f"time {record['time']:.1f}s")
     return "  ".join(parts)
 

@@ -335,7 +335,7 @@ class Trainer:
             if self.interrupted:
                 self._save_interrupted()
                 break
-            record: dict[str, Any] = {"epoch": self.epoch + 1, "lr": self._lr()}
+            record: dict[str, Any] = {"epoch": self.epoch + 1, **self._lrs()}
             record.update(self._reduce(train_sums).result("train"))
             if val_data is not None:
                 record.update(self._run_eval(val_data).result("val"))
@@ -526,8 +526,20 @@ class Trainer:
             sums.load(all_reduce_sum(sums.packed(), self.dist))
         return sums
 
-    def _lr(self) -> float:
-        return float(self.optimizer.param_groups[0]["lr"])
+    def _lrs(self) -> dict[str, float]:
+        """The head's LR as ``lr`` and, when the body has its own, the body's as ``body_lr``.
+
+        Groups named by ``param_groups`` say which is the head; a user's own optimizer's
+        first group is reported as ``lr``.
+        """
+        groups = self.optimizer.param_groups
+        role = [str(g.get("name", "")).split("/")[0] for g in groups]  # "head/no_decay"...
+        head = [g for g, r in zip(groups, role) if r == "head"]
+        body = [g for g, r in zip(groups, role) if r not in ("", "head")]
+        lrs = {"lr": float((head or groups)[0]["lr"])}
+        if head and body:
+            lrs["body_lr"] = float(body[-1]["lr"])  # the stage next to the head (llrd)
+        return lrs
 
     def _train_module(self) -> nn.Module:
         if not self.dist.enabled:

@@ -1,0 +1,258 @@
+"""fine_tune's defaults against a sweep of recipe x LR x budget, on small data sets built offline.
+
+    python benchmarks/small_data.py --threads 1            # every data set (about an hour)
+    python benchmarks/small_data.py --datasets fm10 digits  # some of them
+    python benchmarks/small_data.py --quick                 # seconds: the test suite's run
+
+Data sets (train / val / test per class), each with a held-out test split:
+
+- ``fm10``, ``fm30``, ``fm100``, ``fm1000``: FashionMNIST, 10 / 30 / 100 / 1,000 training
+  images per class from its train set, 10 validation images per class from the rest of it
+  (100 for ``fm1000``), 100 test images per class from its test set (28 px grey);
+- ``photos``: RGB photos (8 of scikit-image's and scikit-learn's sample photos), one class
+  per photo: 32 px crops at random places and scales, the training and validation crops
+  from the photo's left 60%, the test crops from its right 40% (30 / 10 / 40 per class);
+- ``digits``: scikit-learn's handwritten digits (8 px grey, not FashionMNIST), 30 / 10 /
+  the rest per class.
+
+Arms: ``default`` is ``fine_tune(model, (x, y), (vx, vy))`` with nothing else (today
+``lp_ft``: a probe at 1e-2, then head/body LR 1e-3/1e-4, the default length: 1x). The
+sweep: ``full`` 1e-2/1e-3 at 1x and 0.5x, ``lp_ft`` 1e-2/1e-3 at 1x and 2x, a linear
+probe at 1x; ``--all-arms`` adds ``full`` 1e-3/1e-4 1x, the default ``lp_ft`` at 0.5x and
+``full`` 2x. Data sets of
+more than 5,000 images run the lean sweep (``full`` 1x and 0.5x, the linear probe).
+Every arm starts from the same pretrained
+EfficientNet-Lite0 and uses the defaults for what it does not set (batch size, image size,
+augmentation). Test accuracy is measured once, with the weights fit ends with. The
+verdict per data set: the default within 1 point of the best swept arm, and at most 2x its
+training time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import _common  # noqa: F401  # puts the repository root on sys.path
+import torch
+
+import transferkit as tk
+from transferkit.recipes import default_epochs
+
+DATASETS = ("fm10", "digits", "fm30", "photos", "fm100", "fm1000")
+SWEEP = (  # (name, recipe, head lr, body lr, budget multiplier)
+    ("full 1e-2/1e-3 1x", "full", 1e-2, 1e-3, 1.0),
+    ("lp_ft 1e-2/1e-3 1x", "lp_ft", 1e-2, 1e-3, 1.0),
+    ("full 1e-2/1e-3 0.5x", "full", 1e-2, 1e-3, 0.5),
+    ("lp_ft 1e-2/1e-3 2x", "lp_ft", 1e-2, 1e-3, 2.0),
+    ("linear_probe 1x", "linear_probe", 1e-2, None, 1.0),
+    # --all-arms adds these (the 2-core machine was shared when the table was measured):
+    ("full 1e-3/1e-4 1x", "full", 1e-3, 1e-4, 1.0),
+    ("lp_ft 1e-3/1e-4 0.5x", "lp_ft", 1e-3, 1e-4, 0.5),
+    ("full 1e-2/1e-3 2x", "full", 1e-2, 1e-3, 2.0),
+)
+CORE = 5  # the first CORE arms run by default
+LEAN = ("full 1e-2/1e-3 1x", "full 1e-2/1e-3 0.5x", "linear_probe 1x")  # > 5,000 images
+Split = tuple[torch.Tensor, torch.Tensor]
+
+
+def _per_class(images: torch.Tensor, labels: torch.Tensor, counts: list[tuple[int, int]],
+               seed: int) -> list[Split]:
+    """Pick ``counts`` = [(start, stop), ...] of each class's shuffled members, per split."""
+    g = torch.Generator().manual_seed(seed)
+    picks: list[list[torch.Tensor]] = [[] for _ in counts]
+    for c in labels.unique().tolist():
+        members = (labels == c).nonzero().flatten()
+        members = members[torch.randperm(len(members), generator=g)]
+        for i, (a, b) in enumerate(counts):
+            picks[i].append(members[a:b])
+    return [(images[torch.cat(p)], labels[torch.cat(p)]) for p in picks]
+
+
+def fashion(n: int) -> tuple[Split, Split, Split, list[str]]:
+    fm = tk.data.fashion_mnist(offline=True)
+    n_val = 100 if n >= 1000 else 10
+    train, val = _per_class(fm.train_images.unsqueeze(1), fm.train_labels,
+                            [(0, n), (n, n + n_val)], seed=0)
+    (test,) = _per_class(fm.test_images.unsqueeze(1), fm.test_labels, [(0, 100)], seed=1)
+    return train, val, test, list(fm.classes)
+
+
+def _photos() -> list[tuple[str, torch.Tensor]]:
+    import numpy as np
+    from skimage import data as skdata
+    from sklearn.datasets import load_sample_images
+
+    named = [(name, getattr(skdata, name)()) for name in
+             ("astronaut", "chelsea", "coffee", "rocket", "hubble_deep_field",
+              "immunohistochemistry")]
+    named += list(zip(("china", "flower"), load_sample_images().images))
+    return [(name, torch.from_numpy(np.ascontiguousarray(img[..., :3])).permute(2, 0, 1))
+            for name, img in named]
+
+
+def photos(size: int = 32) -> tuple[Split, Split, Split, list[str]]:
+    g = torch.Generator().manual_seed(0)
+    splits: list[list[tuple[torch.Tensor, int]]] = [[], [], []]
+    names = []
+    for label, (name, img) in enumerate(_photos()):
+        names.append(name)
+        _, h, w = img.shape
+        cut = int(w * 0.6)
+        for split, (n, x0, x1) in enumerate(((30, 0, cut), (10, 0, cut), (40, cut, w))):
+            for _ in range(n):
+                side = int(torch.randint(min(h, x1 - x0) // 4, min(h, x1 - x0) // 2 + 1, (1,),
+                                         generator=g))
+                top = int(torch.randint(0, h - side + 1, (1,), generator=g))
+                left = int(torch.randint(x0, x1 - side + 1, (1,), generator=g))
+                crop = img[:, top:top + side, left:left + side].float().unsqueeze(0)
+                crop = torch.nn.functional.interpolate(crop, size=(size, size), mode="area")
+                splits[split].append((crop[0].round().clamp(0, 255).to(torch.uint8), label))
+    out = [(torch.stack([x for x, _ in s]), torch.tensor([y for _, y in s])) for s in splits]
+    return out[0], out[1], out[2], names
+
+
+def digits() -> tuple[Split, Split, Split, list[str]]:
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    images = torch.from_numpy(d.images * (255 / 16)).round().to(torch.uint8).unsqueeze(1)
+    labels = torch.from_numpy(d.target).long()
+    train, val, test = _per_class(images, labels, [(0, 30), (30, 40), (40, 10_000)], seed=0)
+    return train, val, test, [str(i) for i in range(10)]
+
+
+def build(name: str) -> tuple[Split, Split, Split, list[str]]:
+    if name.startswith("fm"):
+        return fashion(int(name[2:]))
+    return {"photos": photos, "digits": digits}[name]()
+
+
+def write_folder(data: tuple[Split, Split, Split, list[str]], root: Path) -> Path:
+    """Write a data set as split folders of PNGs, ``root/{train,val,test}/<class>/<i>.png``.
+
+    The folder ``transferkit train --data root`` reads is then the very data of the table.
+    """
+    from PIL import Image
+
+    for split, (images, labels) in zip(("train", "val", "test"), data[:3]):
+        for i, (image, label) in enumerate(zip(images, labels.tolist())):
+            folder = root / split / data[3][label].replace("/", "-")
+            folder.mkdir(parents=True, exist_ok=True)
+            array = image.permute(1, 2, 0).numpy()
+            Image.fromarray(array[..., 0] if array.shape[2] == 1 else array).save(
+                folder / f"{i:05d}.png")
+    return root
+
+
+def run_arm(data: tuple[Split, Split, Split, list[str]], *, recipe: str | None,
+            lr: float | None, body_lr: float | None, budget: float | None,
+            backbone: str, seed: int, epochs: int | None = None) -> dict:
+    train, val, test, classes = data
+    torch.manual_seed(seed)
+    model = tk.create(backbone, len(classes), in_chans=int(train[0].shape[1]),
+                      pretrained=backbone != "tiny")
+    kwargs: dict = {}
+    if recipe is not None:
+        kwargs.update(recipe=recipe, lr=lr, body_lr=body_lr)
+    if budget is not None:
+        kwargs["epochs"] = max(2, round(default_epochs(len(train[1])) * budget))
+    if epochs is not None:
+        kwargs["epochs"] = epochs
+    start = time.perf_counter()
+    result = tk.fine_tune(model, train, val, device="cpu", seed=seed, progress=False,
+                          **kwargs)
+    seconds = time.perf_counter() - start
+    info = tk.get_info(model)
+    size = next(s.value for s in result.settings if s.name == "image_size")
+    loader = tk.data.TensorLoader(*test[:2], batch_size=256, image_size=size, mean=info.mean,
+                             std=info.std)
+    probs = result.trainer.predict(loader)
+    acc = float((probs.argmax(1) == test[1]).float().mean())
+    return {"test_acc": round(acc, 4), "seconds": round(seconds, 1),
+            "epochs": len(result.history),
+            "settings": [str(s) for s in result.settings]}
+
+
+def verdict(rows: dict[str, dict]) -> dict:
+    default = rows["default"]
+    swept = {k: v for k, v in rows.items() if k != "default"}
+    best_name = max(swept, key=lambda k: swept[k]["test_acc"])
+    best = swept[best_name]
+    gap = round(100 * (best["test_acc"] - default["test_acc"]), 1)
+    ratio = round(default["seconds"] / max(best["seconds"], 1e-9), 2)
+    return {"best": best_name, "best_acc": best["test_acc"], "default_acc": default["test_acc"],
+            "gap_points": gap, "time_ratio": ratio, "met": gap <= 1.0 and ratio <= 2.0}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--datasets", nargs="+", choices=DATASETS, default=None)
+    parser.add_argument("--backbone", default="efficientnet_lite0")
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", default=None, help="also write results as JSON here")
+    parser.add_argument("--all-arms", action="store_true", help="the whole sweep")
+    parser.add_argument("--write-folder", default=None, metavar="DIR",
+                        help="write the (one) data set as DIR/{train,val,test}/<class>/*.png "
+                             "and stop: the folder `transferkit train --data DIR` reads")
+    parser.add_argument("--quick", action="store_true",
+                        help="a few seconds: digits, the default and one swept arm, 2 epochs")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    os.environ.setdefault("TRANSFERKIT_OFFLINE", "1")
+    names = args.datasets or (["digits"] if args.quick else list(DATASETS))
+    if args.write_folder:
+        if len(names) != 1:
+            parser.error("--write-folder takes exactly one data set (--datasets NAME)")
+        print(write_folder(build(names[0]), Path(args.write_folder)))
+        return 0
+    load = os.getloadavg()[0]
+    print(f"small_data: {', '.join(names)}; backbone {args.backbone}; "
+          f"{torch.get_num_threads()} thread(s); load {load:.2f}; "
+          f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}", flush=True)
+    results = {}
+    for name in names:
+        data = build(name)
+        if args.quick:  # 5 training and 5 test images a class
+            data = (*[_per_class(*split, [(0, 5)], seed=0)[0] for split in data[:3]], data[3])
+        n = len(data[0][1])
+        print(f"\n{name}: {n} train / {len(data[1][1])} val / {len(data[2][1])} test, "
+              f"{len(data[3])} classes, {data[0][0].shape[-1]} px", flush=True)
+        arms = list(SWEEP if args.all_arms else SWEEP[:CORE])
+        arms = arms[:1] if args.quick else [a for a in arms if n < 5000 or a[0] in LEAN]
+        rows = {}
+        for arm, recipe, lr, body_lr, budget in [("default", None, None, None, None), *arms]:
+            rows[arm] = run_arm(data, recipe=recipe, lr=lr, body_lr=body_lr, budget=budget,
+                                backbone=args.backbone, seed=args.seed,
+                                epochs=2 if args.quick else None)
+            r = rows[arm]
+            print(f"  {arm:22s} test {r['test_acc']:.4f}  {r['epochs']:3d} ep  "
+                  f"{r['seconds']:7.1f} s", flush=True)
+        v = verdict(rows)
+        results[name] = {"rows": rows, "verdict": v}
+        print(f"  -> best {v['best']} {v['best_acc']:.4f}; default {v['default_acc']:.4f} "
+              f"({v['gap_points']:+.1f} points behind, {v['time_ratio']:.2f}x its time): "
+              f"{'met' if v['met'] else 'NOT met'}", flush=True)
+    print("\n| data set | default | best swept (arm) | gap (points) | time ratio | met |")
+    print("|---|--:|---|--:|--:|---|")
+    for name, r in results.items():
+        v = r["verdict"]
+        print(f"| {name} | {v['default_acc']:.4f} | {v['best_acc']:.4f} ({v['best']}) | "
+              f"{v['gap_points']:.1f} | {v['time_ratio']:.2f} | {'yes' if v['met'] else 'no'} |")
+    met = sum(r["verdict"]["met"] for r in results.values())
+    print(f"{met} of {len(results)} data sets met; load {os.getloadavg()[0]:.2f} at the end")
+    summary = {"datasets": results, "met": met, "load_start": load}
+    if args.out:
+        Path(args.out).write_text(json.dumps(summary, indent=1))
+    print("RESULT " + json.dumps({k: r["verdict"] for k, r in results.items()}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,164 @@
+"""Budget-aware defaults (recipes/budget.py) and fine_tune on (images, labels) tensors."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+
+import transferkit as tk
+from transferkit.data import TensorLoader
+from transferkit.errors import ConfigError, DataError
+from transferkit.recipes import (
+    DEFAULT_RECIPE,
+    RECIPES,
+    default_batch_size,
+    default_epochs,
+    default_image_size,
+    fine_tune,
+)
+from transferkit.recipes.inputs import num_samples
+
+
+@pytest.mark.parametrize("n, batch", [(1, 16), (100, 16), (300, 16), (500, 32), (1000, 64),
+                                      (3000, 256), (55000, 256)])
+def test_batch_size_is_about_n_over_16_within_16_and_256(n, batch):
+    assert default_batch_size(n) == batch
+
+
+@pytest.mark.parametrize("n, epochs", [(1, 60), (100, 60), (300, 58), (1000, 32),
+                                       (10000, 10), (55000, 4), (10**7, 3)])
+def test_epochs_shrink_with_the_square_root_of_n_within_3_and_60(n, epochs):
+    assert default_epochs(n) == epochs
+
+
+@pytest.mark.parametrize("native, pretrained, size", [
+    ((28, 28), (224, 224), 32), ((8, 8), (224, 224), 32), ((70, 90), (224, 224), 96),
+    ((500, 375), (224, 224), 224), ((300, 300), (384, 384), 320), ((100, 100), None, 128)])
+def test_image_size_is_the_native_size_rounded_up_to_32_at_most_pretrained(
+        native, pretrained, size):
+    assert default_image_size(native, pretrained) == size
+
+
+def test_bad_budget_inputs_are_config_errors():
+    with pytest.raises(ConfigError, match="num_samples must be a positive integer, got 0"):
+        default_epochs(0)
+    with pytest.raises(ConfigError, match="native"):
+        default_image_size((0, 28), 224)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One intra-op thread: two stall badly on a busy 2-core machine (docs/benchmarks.md)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _tensors(n=40, size=20, classes=4, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    images = torch.randint(0, 256, (n, 1, size, size), generator=g, dtype=torch.uint8)
+    return images, torch.arange(n) % classes
+
+
+def _model(classes=4):
+    torch.manual_seed(0)
+    return tk.create("resnet18", classes, in_chans=1, pretrained=False)
+
+
+def test_tensors_get_chosen_settings_each_with_a_reason(caplog):
+    model = _model()
+    with caplog.at_level(logging.INFO, logger="transferkit"):
+        result = fine_tune(model, _tensors(), _tensors(12, seed=1), recipe="full", epochs=2,
+                           device="cpu")
+    chosen = {s.name: s for s in result.settings}
+    assert chosen["batch_size"].value == 16 and "40 training images" in chosen["batch_size"].why
+    assert chosen["image_size"].value == 32 and "20x20" in chosen["image_size"].why
+    assert chosen["augment"].value == "light"
+    assert chosen["lr"].value == RECIPES["full"].lr == 1e-2
+    assert chosen["body_lr"].value == pytest.approx(1e-3)
+    assert "epochs" not in chosen  # given
+    for s in result.settings:
+        assert f"chose {s}" in caplog.text
+    assert result.trainer.lr == 1e-2 and len(result.history) == 2
+    assert [r["body_lr"] / r["lr"] for r in result.history if r["lr"]] == [pytest.approx(0.1)]
+
+
+def test_the_length_defaults_from_the_data_or_from_steps():
+    images, labels = _tensors(32)
+    result = fine_tune(_model(), (images, labels), recipe="linear_probe", device="cpu",
+                       batch_size=8)
+    (epochs,) = [s for s in result.settings if s.name == "epochs"]
+    assert epochs.value == default_epochs(32) == 60 and len(result.history) == 60
+    assert "60 epochs" not in epochs.why and "240 optimizer steps of 4 per epoch" in epochs.why
+    result = fine_tune(_model(), (images, labels), recipe="full", steps=6, device="cpu",
+                       batch_size=8)
+    assert len(result.history) == 2  # 4 steps an epoch: 6 steps -> 2 epochs
+
+
+def test_lr_alone_moves_the_body_at_the_recipes_ratio():
+    result = fine_tune(_model(), _tensors(), recipe="full", epochs=1, lr=0.05, device="cpu")
+    assert result.trainer.lr == 0.05 and result.trainer.body_lr == pytest.approx(0.005)
+    assert [s.name for s in result.settings if s.name.endswith("lr")] == ["body_lr"]
+
+
+def test_the_default_recipe_is_the_measured_one():
+    import inspect
+
+    assert inspect.signature(fine_tune).parameters["recipe"].default == DEFAULT_RECIPE == "lp_ft"
+
+
+def test_channels_last_is_chosen_for_a_conv_model_on_the_cpu():
+    result = fine_tune(_model(), _tensors(), recipe="full", epochs=1, device="cpu")
+    assert any(s.name == "channels_last" and s.value is True for s in result.settings)
+    result = fine_tune(_model(), _tensors(), recipe="full", epochs=1, device="cpu",
+                       channels_last=False)
+    assert not any(s.name == "channels_last" for s in result.settings)
+
+
+@pytest.mark.parametrize("kwargs, error, match", [
+    ({"epochs": 2, "steps": 5}, ConfigError, "pass epochs= or steps=, not both"),
+    ({"steps": 0}, ConfigError, "steps must be a positive integer, got 0"),
+    ({"augment": "flips"}, ConfigError, "augment='flips' is not valid; use one of 'none'"),
+    ({"batch_size": 0}, ConfigError, "batch_size must be a positive integer, got 0"),
+])
+def test_bad_tensor_settings_fail_before_training(kwargs, error, match):
+    model = _model()
+    before = [p.detach().clone() for p in model.parameters()]
+    with pytest.raises(error, match=match):
+        fine_tune(model, _tensors(), device="cpu", **kwargs)
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+
+
+def test_loader_settings_and_mismatched_pairs_are_refused():
+    images, labels = _tensors()
+    loader = TensorLoader(images, labels, batch_size=8)
+    with pytest.raises(ConfigError, match=r"batch_size=8, augment='none' apply when train is"):
+        fine_tune(_model(), loader, device="cpu", epochs=1, batch_size=8, augment="none")
+    with pytest.raises(ConfigError, match="val is \\(images, labels\\) but train is a loader"):
+        fine_tune(_model(), loader, (images, labels), device="cpu", epochs=1)
+    with pytest.raises(ConfigError, match="train is \\(images, labels\\) but val is not"):
+        fine_tune(_model(), (images, labels), loader, device="cpu", epochs=1)
+    with pytest.raises(DataError, match=r"needs images \[N, C, H, W\].*got \(40, 1, 20, 20\) "
+                                        r"and \(39,\)"):
+        fine_tune(_model(), (images, labels[:39]), device="cpu", epochs=1)
+
+
+def test_grey_images_without_a_channel_axis_are_accepted():
+    images, labels = _tensors()
+    result = fine_tune(_model(), (images[:, 0], labels), recipe="full", epochs=1,
+                       device="cpu", augment="none")
+    assert len(result.history) == 1
+
+
+def test_num_samples_of_loaders_and_batches():
+    images, labels = _tensors(40)
+    assert num_samples(TensorLoader(images, labels, batch_size=8)) == 40
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(images, labels),
+                                         batch_size=8)
+    assert num_samples(loader) == 40
+    assert num_samples([(images[:8], labels[:8])] * 3) == 24
+    assert num_samples([]) is None
+    assert num_samples(iter([])) is None
