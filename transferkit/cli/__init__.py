@@ -146,7 +146,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--strict", action="store_true",
                    help="stop (exit 1) on an undecodable image instead of skipping it")
     p.set_defaults(func=train.cmd_train, parser=p)
-    parser.set_defaults(train_parser=p)
 
     p = sub.add_parser("predict", parents=[common], help="classify images",
                        description="Classify image files and folders (searched recursively): "
@@ -181,7 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _with_config(parser: argparse.ArgumentParser, args: argparse.Namespace,
                  argv: list[str]) -> argparse.Namespace:
     """Re-parse ``train`` with ``--config``'s options first; check the required ones."""
-    train_parser = args.train_parser
+    train_parser = args.parser
     if args.config is not None:
         try:
             extra = config.config_argv(args.config, train_parser)

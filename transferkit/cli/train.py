@@ -32,7 +32,7 @@ from transferkit.data import (
     stratified_val_mask,
 )
 from transferkit.errors import ConfigError, DataError
-from transferkit.recipes import DEFAULT_RECIPE, Choice, check_recipe, default_image_size, fine_tune
+from transferkit.recipes import DEFAULT_RECIPE, Choice, check_recipe, fine_tune, image_size_choice
 from transferkit.report import write_run_report
 
 __all__ = ["FASHION_MNIST", "FASHION_VAL_FRACTION", "cmd_train"]
@@ -80,7 +80,6 @@ def _survey(args: argparse.Namespace, choices: list[Choice]) -> tuple[int, int]:
     if not files:
         raise DataError(f"no image files under {args.data!r} (extensions: .png, .jpg, ...).")
     stats = image_stats(files)
-    h, w = stats.median_size
     in_chans = args.in_chans
     if in_chans is None:
         in_chans = stats.in_chans
@@ -89,10 +88,8 @@ def _survey(args: argparse.Namespace, choices: list[Choice]) -> tuple[int, int]:
     size = args.image_size
     if size is None:
         pretrained = backbone_spec(args.backbone).input_size[1:]
-        size = default_image_size((h, w), pretrained)
-        choices.append(Choice("image_size", size,
-                              f"median image {h}x{w}: rounded up to a multiple of 32, at most "
-                              f"{args.backbone}'s {max(pretrained)} px"))
+        choices.append(image_size_choice(stats.median_size, pretrained, "median image"))
+        size = choices[-1].value
     return size, in_chans
 
 

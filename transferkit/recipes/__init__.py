@@ -22,6 +22,7 @@ from transferkit.recipes.budget import (
     default_batch_size,
     default_epochs,
     default_image_size,
+    image_size_choice,
 )
 from transferkit.recipes.cache import (
     cache_inputs,
@@ -70,6 +71,7 @@ __all__ = [
     "default_batch_size",
     "default_epochs",
     "default_image_size",
+    "image_size_choice",
     "extract_features",
     "extraction_batch_size",
     "fine_tune",

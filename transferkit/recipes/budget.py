@@ -34,6 +34,7 @@ __all__ = [
     "default_batch_size",
     "default_epochs",
     "default_image_size",
+    "image_size_choice",
 ]
 
 MIN_BATCH, MAX_BATCH = 16, 256
@@ -102,3 +103,21 @@ def default_image_size(native: int | Sequence[int], pretrained: int | Sequence[i
     cap = max(_validate.image_size(pretrained or 224, name="pretrained"))
     side = _SIZE_STEP * math.ceil(max(h, w) / _SIZE_STEP)
     return int(min(max(cap, _SIZE_STEP), max(_SIZE_STEP, side)))
+
+
+def image_size_choice(native: Sequence[int], pretrained: Sequence[int] | None,
+                      seen: str) -> Choice:
+    """Return :func:`default_image_size` as a :class:`Choice`, its reason in one line.
+
+    ``seen`` says where ``native`` was read (``"the images are"``, ``"median image"``).
+
+    Example:
+        >>> choice = image_size_choice((28, 28), (224, 224), "median image")
+        >>> choice.value, choice.why.split(": ")[0]
+        (32, 'median image 28x28')
+    """
+    h, w = _validate.image_size(native, name="native")
+    cap = max(_validate.image_size(pretrained or 224, name="pretrained"))
+    return Choice("image_size", default_image_size((h, w), pretrained),
+                  f"{seen} {h}x{w}: rounded up to a multiple of 32, at most the backbone's "
+                  f"{cap} px")

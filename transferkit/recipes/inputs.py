@@ -20,7 +20,7 @@ from transferkit.adaptation.core import get_info
 from transferkit.data.augment import AUGMENT_PRESETS, augment_preset
 from transferkit.data.pipeline import TensorLoader
 from transferkit.errors import ConfigError, DataError
-from transferkit.recipes.budget import Choice, default_batch_size, default_image_size
+from transferkit.recipes.budget import Choice, default_batch_size, image_size_choice
 from transferkit.recipes.feature_loader import batch_size_of
 from transferkit.train.batch_checks import data_len
 
@@ -69,10 +69,9 @@ def num_samples(data: Any) -> int | None:
     (cached features) or a sized iterable of batches (``len`` times the batch size: its
     ``batch_size``, else its first batch's).
     """
-    for attr in ("num_samples",):
-        value = getattr(data, attr, None)
-        if isinstance(value, int):
-            return value
+    value = getattr(data, "num_samples", None)
+    if isinstance(value, int):
+        return value
     dataset = getattr(data, "dataset", None)
     if dataset is not None:
         n = data_len(dataset)
@@ -133,11 +132,8 @@ def build_inputs(
     info = get_info(model)
     stored = (int(images.shape[-2]), int(images.shape[-1]))
     if image_size is None:
-        image_size = default_image_size(stored, info.input_size)
-        choices.append(Choice(
-            "image_size", image_size,
-            f"the images are {stored[0]}x{stored[1]}: rounded up to a multiple of 32, at "
-            f"most the backbone's {max(info.input_size)} px"))
+        choices.append(image_size_choice(stored, info.input_size, "the images are"))
+        image_size = choices[-1].value
     else:
         image_size = max(_validate.image_size(image_size))
     if augment is None and cached:
