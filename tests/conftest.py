@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
+import transferkit.backbones.hf_hub as H
+import transferkit.backbones.registry as R
 import transferkit.backbones.weights as W
 
 
@@ -27,8 +29,19 @@ def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Path]:
     def no_network(source: W.WeightsSource, *, progress: bool) -> dict[str, torch.Tensor]:
         raise AssertionError(f"download attempted for {source.cache_name}")
 
+    def no_config_download(repo_id: str) -> Path:
+        raise AssertionError(f"download of the Hub config of {repo_id} attempted")
+
     monkeypatch.setattr(W, "_download", no_network)
+    monkeypatch.setattr(H, "_download_config", no_config_download)
     return dirs
+
+
+@pytest.fixture
+def fresh(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Isolate the registry: registrations made by a test vanish after it."""
+    monkeypatch.setattr(R, "_REGISTRY", dict(R._REGISTRY))
+    monkeypatch.setattr(R, "_entry_points_loaded", True)
 
 
 class Damage:

@@ -33,6 +33,7 @@ ALLOWED = {
 # Third-party modules that may be imported inside a function, and why (measured or optional).
 LAZY = {
     "timm": "about 2 s to import; only timm: names need it",
+    "huggingface_hub": "only an hf_hub: name whose config.json is not cached downloads it",
     "torchvision": "about 1.2 s (torchvision.models); only torchvision names need it",
     "matplotlib": "optional dependency (plots)",
     "tqdm": "optional dependency (progress bars)",

@@ -11,6 +11,7 @@ from transferkit._version import __version__
 from transferkit.adaptation import (
     AdaptInfo,
     GradualUnfreezing,
+    PooledClassifier,
     Stage,
     adapt,
     adapt_channel_stats,
@@ -93,6 +94,7 @@ __all__ = [
     "L2SPLoss",
     "ModelMeta",
     "NonFiniteLossError",
+    "PooledClassifier",
     "RECIPES",
     "Recipe",
     "Stage",

@@ -32,8 +32,10 @@ class NoHead(nn.Module):
         self.conv = nn.Conv2d(3, 4, 3)
         self.proj = nn.Parameter(torch.ones(3, 4))
 
-    def forward(self, x):  # the output comes from a bare Parameter, not from a layer
-        return x.mean((2, 3)) @ self.proj
+    def forward(self, x):  # one value per image, from a bare Parameter, not from a layer
+        # (an (N, D) output would be pooled features: adapt() puts a head on those,
+        # tests/adaptation/test_headless.py)
+        return (x.mean((2, 3)) @ self.proj).sum(1)
 
 
 def _state(model):

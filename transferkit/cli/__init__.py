@@ -78,7 +78,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("backbones", parents=[common], help="list backbone names",
                        description="List backbones: name, source, weights.")
     p.add_argument("pattern", nargs="?", default="*",
-                   help="shell-style pattern, e.g. 'resnet*' or 'timm:convnext*'")
+                   help="shell-style pattern on the full name, e.g. 'resnet*', '*convnext*' "
+                        "(every source), 'timm:resnet18*' (timm's tags) or 'hf_hub:*' "
+                        "(timm models in the Hugging Face cache)")
     p.set_defaults(func=catalog.cmd_backbones)
 
     p = sub.add_parser("info", parents=[common], help="describe one backbone",
