@@ -162,3 +162,13 @@ def test_num_samples_of_loaders_and_batches():
     assert num_samples([(images[:8], labels[:8])] * 3) == 24
     assert num_samples([]) is None
     assert num_samples(iter([])) is None
+
+
+def test_the_history_has_a_body_lr_only_where_the_body_trains():
+    result = fine_tune(_model(), _tensors(), _tensors(12, seed=1), recipe="lp_ft", epochs=4,
+                       device="cpu")
+    probe = [r for r in result.history if r["phase"] == "probe"]
+    tuned = [r for r in result.history if r["phase"] == "finetune"]
+    assert probe and tuned
+    assert all("body_lr" not in r for r in probe)  # the probe's body is frozen
+    assert all(r["body_lr"] == pytest.approx(r["lr"] * 0.1) for r in tuned)

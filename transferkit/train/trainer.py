@@ -527,15 +527,16 @@ class Trainer:
         return sums
 
     def _lrs(self) -> dict[str, float]:
-        """The head's LR as ``lr`` and, when the body has its own, the body's as ``body_lr``.
+        """The head's LR as ``lr`` and, when the body trains at its own, the body's as ``body_lr``.
 
         Groups named by ``param_groups`` say which is the head; a user's own optimizer's
-        first group is reported as ``lr``.
+        first group is reported as ``lr``. A frozen body (a linear probe) has no ``body_lr``.
         """
         groups = self.optimizer.param_groups
         role = [str(g.get("name", "")).split("/")[0] for g in groups]  # "head/no_decay"...
         head = [g for g, r in zip(groups, role) if r == "head"]
-        body = [g for g, r in zip(groups, role) if r not in ("", "head")]
+        body = [g for g, r in zip(groups, role) if r not in ("", "head")
+                and any(p.requires_grad for p in g["params"])]
         lrs = {"lr": float((head or groups)[0]["lr"])}
         if head and body:
             lrs["body_lr"] = float(body[-1]["lr"])  # the stage next to the head (llrd)
