@@ -44,6 +44,7 @@ from transferkit.train.batch_checks import check_first_batch, data_len, set_data
 from transferkit.train.best_weights import BestWeights, is_validation_metric
 from transferkit.train.callbacks import Callback, CallbackList
 from transferkit.train.checkpoint import get_rng_state, save_checkpoint, set_rng_state
+from transferkit.train.depthwise import crop_depthwise
 from transferkit.train.devices import PRECISION_DTYPES, Precision, autocast, select_device
 from transferkit.train.distributed import (
     DistInfo,
@@ -314,7 +315,7 @@ class Trainer:
         self.should_stop = self.interrupted = self._sigint = False
         self.restored_epoch = None
         try:
-            with self._sigint_handler():
+            with self._sigint_handler(), self._cpu_paths():
                 self._fit_epochs(train_data, val_data, epochs)
         finally:
             # Drop the DDP wrapper: it holds the process group, whose Gloo threads must be
@@ -367,7 +368,8 @@ class Trainer:
         """
         data = shard_for_evaluation(data, self.dist, seed=self.seed)
         check_same_draw(data, self.dist, "evaluation")
-        sums = self._run_eval(data)
+        with self._cpu_paths():
+            sums = self._run_eval(data)
         out = sums.result("")
         out["count"] = sums.count
         return out
@@ -386,7 +388,7 @@ class Trainer:
         try:
             for batch in data:
                 x = batch[0] if isinstance(batch, (tuple, list)) else batch
-                with self._autocast():
+                with self._autocast(), self._cpu_paths():
                     logits = self.model(self._inputs(x)).float()
                 outs.append((logits.softmax(-1) if probs else logits).cpu())
         finally:
@@ -520,6 +522,10 @@ class Trainer:
 
     def _autocast(self) -> contextlib.AbstractContextManager[Any]:
         return autocast(self.device, self.precision)
+
+    def _cpu_paths(self) -> contextlib.AbstractContextManager[int]:
+        # Exact: the taps dropped multiply zero padding only (train/depthwise.py).
+        return crop_depthwise(self.model, enabled=self.device.type == "cpu")
 
     def _reduce(self, sums: MetricSums) -> MetricSums:
         if self.dist.enabled:
