@@ -50,11 +50,20 @@ class NoHead(nn.Module):
 
 def test_without_a_head_biases_and_exempt_parameters_still_get_no_decay():
     model = NoHead()
-    with pytest.raises(tk.HeadNotFoundError):
-        tk.get_info(model)
+    info = tk.get_info(model)  # its pooled features end in a bare Parameter: no head
+    assert (info.heads, info.num_classes) == ((), 0)
     trainer = Trainer(model, lr=1e-3, weight_decay=0.05, device="cpu", progress=False)
     assert [g["name"] for g in trainer.optimizer.param_groups] == ["all", "all/no_decay"]
     assert decay_of(model, trainer.optimizer) == {
         "proj": 0.05, "pos": 0.0, "norm.weight": 0.0, "norm.bias": 0.0
     }
     assert {g["lr"] for g in trainer.optimizer.param_groups} == {1e-3}
+
+
+def test_layer_decay_without_a_head_says_it_needs_one():
+    model = NoHead()
+    before = {n: p.clone() for n, p in model.named_parameters()}
+    with pytest.raises(tk.HeadNotFoundError, match=r"layer_decay=0.7 counts stages back from "
+                                                   r"the head, but the model has no recognis"):
+        Trainer(model, lr=1e-3, layer_decay=0.7, device="cpu", progress=False)
+    assert all(torch.equal(p, before[n]) for n, p in model.named_parameters())

@@ -15,9 +15,9 @@ import math
 import torch
 from torch import nn
 
-from transferkit.adaptation.core import unwrap
+from transferkit.adaptation.core import get_info, unwrap
 from transferkit.adaptation.groups import no_weight_decay_names, param_groups
-from transferkit.errors import TransferKitError
+from transferkit.errors import HeadNotFoundError, TransferKitError
 
 __all__ = ["default_optimizer", "schedule_steps"]
 
@@ -49,12 +49,22 @@ def default_optimizer(
     # Read before the fallback below, so that a bad no_weight_decay() is never swallowed.
     exempt = no_weight_decay_names(model) if weight_decay else frozenset()
     try:
-        groups = param_groups(model, lr, body_lr, weight_decay=weight_decay,
-                              layer_decay=layer_decay, include_frozen=True)
-    except TransferKitError as exc:  # e.g. no recognisable head: all at lr
+        # get_info finds no head on a backbone without a classifier (heads == ()), where
+        # param_groups would put every parameter in the body, at body_lr.
+        why = None if get_info(model).heads else "the model has no recognisable head"
+        if why is None:
+            groups = param_groups(model, lr, body_lr, weight_decay=weight_decay,
+                                  layer_decay=layer_decay, include_frozen=True)
+    except TransferKitError as exc:
         if layer_decay is not None:
             raise
-        log.info("one learning rate for all parameters, lr=%g (%s)", lr, exc)
+        why = str(exc)
+    if why is not None:
+        if layer_decay is not None:
+            raise HeadNotFoundError(f"layer_decay={layer_decay} counts stages back from the "
+                                    f"head, but {why}; adapt the model first "
+                                    "(transferkit.adapt(model, num_classes)).")
+        log.info("one learning rate for all parameters, lr=%g (%s)", lr, why)
         named = list(unwrap(model).named_parameters())
         split = {
             "all": [p for n, p in named if n not in exempt],
