@@ -116,6 +116,12 @@ def test_sweep_lrs_grow_exponentially_with_the_body_at_its_ratio():
     assert result.suggestion in result.lrs[2:16]  # a tenth left out at the start, 5 at the end
 
 
+def test_gradient_accumulation_sweeps_the_same_lrs_in_optimizer_steps():
+    result = lr_find(model(), batches(2), start_lr=1e-6, end_lr=1e-1, num_steps=21,
+                     grad_accum=2, device="cpu")
+    assert result.lrs == pytest.approx([1e-6 * 10 ** (i / 4) for i in range(21)])
+
+
 def test_sweep_stops_early_when_the_loss_diverges(caplog):
     m = model()
     with caplog.at_level(logging.INFO, logger="transferkit"):

@@ -330,8 +330,9 @@ def lr_find(
     level = trainer_log.level
     trainer_log.setLevel(logging.WARNING)  # its epoch line would read as a training epoch
     try:
+        # num_steps optimizer steps: grad_accum batches each.
         sweep = _Sweep(shard_for_training(train, DistInfo(), seed=trainer_kwargs.get("seed", 0)),
-                       num_steps)
+                       num_steps * trainer_kwargs.get("grad_accum", 1))
         recorder = _Recorder(sweep, lr_at, beta=smoothing, diverge=diverge)
         # The Trainer's own default optimizer, at LR multipliers: head 1, body lr_ratio.
         trainer = Trainer(model, epochs=1, lr=1.0, lr_ratio=lr_ratio, topk=(1,),
