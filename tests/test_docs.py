@@ -19,6 +19,7 @@ PAGES = [
     "docs/backbones.md",
     "docs/data.md",
     "docs/trainer.md",
+    "docs/training-tools.md",
     "docs/recipes.md",
     "docs/cli.md",
     "docs/getting-started.md",

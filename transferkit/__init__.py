@@ -38,6 +38,7 @@ from transferkit.backbones import (
     save_model,
     unregister_backbone,
 )
+from transferkit.data import BalancedSampler
 from transferkit.errors import (
     CallbackError,
     CheckpointError,
@@ -70,13 +71,26 @@ from transferkit.recipes import (
     fine_tune,
     list_recipes,
 )
-from transferkit.train import Callback, Trainer, load_checkpoint, save_checkpoint, warmup_cosine
+from transferkit.train import (
+    Callback,
+    CSVLogger,
+    LRFindResult,
+    MetricLogger,
+    TensorBoardLogger,
+    Trainer,
+    load_checkpoint,
+    lr_find,
+    save_checkpoint,
+    warmup_cosine,
+)
 
 __all__ = [
     "__version__",
     "AdaptInfo",
     "BackboneInfo",
     "BackboneSpec",
+    "BalancedSampler",
+    "CSVLogger",
     "Callback",
     "CallbackError",
     "CheckpointError",
@@ -92,6 +106,8 @@ __all__ = [
     "InputAdaptationError",
     "L2SP",
     "L2SPLoss",
+    "LRFindResult",
+    "MetricLogger",
     "ModelMeta",
     "NonFiniteLossError",
     "PooledClassifier",
@@ -99,6 +115,7 @@ __all__ = [
     "Recipe",
     "Stage",
     "StageIndexError",
+    "TensorBoardLogger",
     "Trainer",
     "TrainingError",
     "TransferKitError",
@@ -124,6 +141,7 @@ __all__ = [
     "load_checkpoint",
     "load_freeze_state",
     "load_model",
+    "lr_find",
     "param_groups",
     "param_groups_table",
     "read_meta",

@@ -6,6 +6,7 @@ A tiny registered backbone keeps training and export fast; one training run uses
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -496,7 +497,45 @@ def test_steps_lr_and_augment_are_obeyed(capsys, tmp_path) -> None:
     assert "chose augment" not in err and "chose image_size" not in err
 
 
+def test_lr_find_balanced_and_tensorboard(capsys, tmp_path) -> None:
+    data, out, tb = _split(tmp_path / "data"), tmp_path / "run", tmp_path / "tb"
+    has_tb = importlib.util.find_spec("tensorboard") is not None  # an optional dependency
+    code, _, err = run(capsys, "train", "--data", data, "--out", out, "--recipe", "full",
+                       "--lr", "find", "--balanced", *(["--tensorboard", tb] * has_tb),
+                       *_fast("--epochs", "2"))
+    assert code == 0, err
+    sweep = json.loads((out / "lr_find.json").read_text())
+    found = sweep["suggestion"]
+    assert sweep["rule"] == "valley" and found in sweep["lrs"]
+    assert len(sweep["lrs"]) == len(sweep["losses"]) == len(sweep["smoothed"]) > 10
+    assert f"lr_find: suggested head LR {found:.3g} by the 'valley' rule" in err
+    assert f"chose lr {found}: lr_find, the 'valley' rule of the smoothed loss" in err
+    assert (out / "lr_find.png").read_bytes()[:4] == b"\x89PNG"
+    assert "the sweep in lr_find.json, lr_find.png" in (out / "report.md").read_text()
+    written = (out / "config.toml").read_text().splitlines()
+    assert f"lr = {found!r}" in written and "balanced = true" in written
+    history = json.loads((out / "history.json").read_text())
+    assert history[0]["body_lr"] == pytest.approx(history[0]["lr"] * 0.1)
+    if has_tb:
+        assert f'tensorboard = "{tb}"' in written  # absolute: the copy runs from anywhere
+        from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+        events = EventAccumulator(str(tb))
+        events.Reload()
+        assert [e.step for e in events.Scalars("epoch/val_loss")] == [1, 2]
+
+
+def test_tensorboard_missing_is_one_error_before_any_data_is_read(capsys, tmp_path,
+                                                                  monkeypatch) -> None:
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)
+    code, _, err = run(capsys, "train", "--data", tmp_path / "missing", "--out",
+                       tmp_path / "run", "--tensorboard", tmp_path / "tb", *_fast())
+    assert code == 1
+    assert_one_line_error(err, "pip install tensorboard")
+
+
 @pytest.mark.parametrize("argv, message", [
+    (["--lr", "fast"], "argument --lr: must be a number or 'find', got 'fast'"),
     (["--epochs", "2", "--steps", "3"], "not allowed with argument"),
     (["--augment", "flip"], "invalid choice: 'flip'"),
     (["--precision", "fp8"], "invalid choice: 'fp8'"),

@@ -417,3 +417,25 @@ def test_resume_continues_the_cached_run(tmp_path):
                       device="cpu", progress=False, out_dir=tmp_path, resume=True)
     assert [r["epoch"] for r in again.history] == [1, 2]
     assert again.history[0] == first.history[0]
+
+
+# ----------------------------------------------------------- balanced batches from tensors
+def test_balanced_tensors_are_drawn_class_balanced():
+    from transferkit.recipes.inputs import build_inputs
+
+    images = torch.zeros(100, 1, SIZE, SIZE, dtype=torch.uint8)
+    labels = torch.tensor([0] * 90 + [1] * 10)
+    inputs = build_inputs(_model(), (images, labels), None, batch_size=None, image_size=None,
+                          augment=None, seed=0, balanced=True)
+    drawn = torch.cat([inputs.train.indices(e) for e in range(10)])
+    assert float((labels[drawn] == 1).float().mean()) == pytest.approx(0.5, abs=0.06)
+    plain = build_inputs(_model(), (images, labels), None, batch_size=None, image_size=None,
+                         augment=None, seed=0)
+    assert sorted(plain.train.indices(0).tolist()) == list(range(100))  # off by default
+
+
+def test_balanced_with_a_loader_says_where_to_set_it():
+    data = _tiny_batches()
+    with pytest.raises(ConfigError, match=r"balanced=True apply when train is \(images, labels"
+                                          r"\).*BalancedSampler\(labels\)"):
+        fine_tune(_model(), data, epochs=1, device="cpu", balanced=True)

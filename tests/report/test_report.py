@@ -16,6 +16,7 @@ from transferkit.report import (
     confusion_matrix,
     plot_confusion,
     plot_history,
+    plot_lr_find,
     plot_misclassified,
     write_report,
 )
@@ -279,6 +280,31 @@ def test_plot_errors(tmp_path: Path) -> None:
     assert list(tmp_path.iterdir()) == []
 
 
+LRS = [10.0 ** (i / 4 - 6) for i in range(25)]
+SMOOTHED = [2.0 - 0.05 * i for i in range(20)] + [1.2, 1.5, 3.0, 9.0, float("inf")]
+
+
+def test_plot_lr_find(tmp_path: Path) -> None:
+    path = plot_lr_find(LRS, SMOOTHED, tmp_path / "sweep" / "lr.png", losses=SMOOTHED,
+                        suggestion=1e-4, rule="valley")
+    assert path == tmp_path / "sweep" / "lr.png" and _png_size(path) == plots.LR_FIND_SIZE
+    assert plot_lr_find(LRS[:2], SMOOTHED[:2], tmp_path / "two.png") is not None
+
+
+@pytest.mark.parametrize(("kwargs", "match"), [
+    ({"lrs": [1e-3]}, "at least 2 points and one loss per LR; got 1 LRs, 25 smoothed"),
+    ({"losses": [1.0]}, "got 25 LRs, 25 smoothed losses, 1 losses"),
+    ({"lrs": [0.0] + LRS[1:]}, "LRs must be positive and finite"),
+    ({"suggestion": -1.0}, r"suggestion=-1.0"),
+    ({"smoothed": ["a"] * 25}, "smoothed must be a sequence of numbers"),
+])
+def test_plot_lr_find_errors(tmp_path: Path, kwargs, match) -> None:
+    args = {"lrs": LRS, "smoothed": SMOOTHED, "path": tmp_path / "lr.png", **kwargs}
+    with pytest.raises(DataError, match=match):
+        plot_lr_find(**args)
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_plots_leave_pyplot_alone(tmp_path: Path) -> None:
     before = "matplotlib.pyplot" in sys.modules
     plot_history(HISTORY, tmp_path / "c.png")
@@ -299,6 +325,7 @@ def test_missing_matplotlib_logs_one_warning(
         assert plot_confusion(cm, ["a", "b"], tmp_path / "cm.png") is None
         assert plot_misclassified(torch.zeros(2, 4, 4), torch.tensor([0, 1]),
                                   torch.tensor([1, 1]), ["a", "b"], tmp_path / "w.png") is None
+        assert plot_lr_find(LRS, SMOOTHED, tmp_path / "lr.png") is None
     assert [r.getMessage() for r in caplog.records] == [plots.PLOTS_SKIPPED]
     assert plots.PLOTS_SKIPPED == (
         "plots skipped: matplotlib is not installed (pip install transferkit[plots])"

@@ -24,6 +24,7 @@ from torch.utils.data import (
     WeightedRandomSampler,
 )
 
+from transferkit.data import BalancedSampler
 from transferkit.errors import ConfigError
 from transferkit.train.callbacks import Callback
 from transferkit.train.distributed import cleanup
@@ -143,6 +144,8 @@ def main() -> None:
         "batches": fit_and_record(
             batch_sampler=BatchSampler(SubsetRandomSampler(range(20, 30)), 3, drop_last=False)
         ),
+        # 90 samples of class 0, 10 of class 1: drawn balanced, 20 per epoch.
+        "balanced": fit_and_record(BalancedSampler([0] * 90 + [1] * 10, num_samples=20)),
     }
     try:
         trainer().fit(DataLoader(Recorded(), batch_size=2, sampler=PythonRandom()))

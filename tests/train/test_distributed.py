@@ -12,9 +12,10 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
+from transferkit.data import BalancedSampler
 from transferkit.errors import ConfigError
 from transferkit.train.distributed import DistInfo, shard_for_evaluation, shard_for_training
-from transferkit.train.samplers import EvalShardSampler
+from transferkit.train.samplers import EvalShardSampler, draw
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -158,6 +159,12 @@ def test_ddp_respects_the_users_samplers(tmp_path):
     for epoch in per_epoch("batches", "train"):
         assert sorted(epoch[0] + epoch[1]) == list(range(20, 30))
     assert [r["batches"]["steps"] for r in ranks] == [4, 4]
+    # A BalancedSampler: every rank takes its half of one draw seeded by (seed=3, epoch).
+    balanced = BalancedSampler([0] * 90 + [1] * 10, num_samples=20)
+    for epoch, shares in enumerate(per_epoch("balanced", "train")):
+        expected = draw(balanced, seed=3, epoch=epoch)
+        assert list(shares) == [expected[0::2], expected[1::2]]
+        assert sum(i >= 90 for i in expected) >= 5  # class 1 is not 10% of the draw
     # A sampler whose ranks draw differently (Python's random, seeded per rank): refused.
     for r in ranks:
         assert r["python_random"].startswith(

@@ -60,6 +60,15 @@ def _fraction(text: str) -> float:
     return value
 
 
+def _lr(text: str) -> float | str:
+    if text == "find":
+        return text
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number or 'find', got {text!r}") from None
+
+
 def _one_line(exc: BaseException) -> str:
     return " ".join(str(exc).split()) or type(exc).__name__
 
@@ -120,9 +129,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image-size", type=_positive_int, default=None,
                    help="stored and training size (default: the images' median size rounded "
                         "up to a multiple of 32, at most the backbone's)")
-    p.add_argument("--lr", type=float, default=None,
-                   help="head LR (default: the recipe's); the body follows at the recipe's "
-                        "ratio unless --body-lr is given")
+    p.add_argument("--lr", type=_lr, default=None,
+                   help="head LR (default: the recipe's), or 'find': swept by lr_find at the "
+                        "start of its phase (OUT/lr_find.png); the body follows at the "
+                        "recipe's ratio unless --body-lr is given")
     p.add_argument("--body-lr", type=float, default=None, help="body LR")
     p.add_argument("--freeze-stages", type=int, default=0, metavar="K",
                    help="keep the stem and K-1 stages frozen, cached once (default 0)")
@@ -147,6 +157,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="1 (grayscale) or 3 (RGB); default: 1 when every image is grey")
     p.add_argument("--strict", action="store_true",
                    help="stop (exit 1) on an undecodable image instead of skipping it")
+    p.add_argument("--balanced", action="store_true",
+                   help="draw the training batches class-balanced, with replacement")
+    p.add_argument("--tensorboard", default=None, metavar="DIR",
+                   help="also log to TensorBoard in DIR (pip install tensorboard)")
     p.set_defaults(func=train.cmd_train, parser=p)
 
     p = sub.add_parser("predict", parents=[common], help="classify images",

@@ -11,6 +11,7 @@ with the weights the model ends with (the best on validation).
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import time
 import warnings
@@ -19,7 +20,7 @@ from typing import Any
 
 import torch
 
-from transferkit._io import check_writable
+from transferkit._io import atomic_write_text, check_writable
 from transferkit.adaptation import get_info
 from transferkit.backbones import backbone_spec, create, save_model
 from transferkit.cli.config import write_config
@@ -33,7 +34,8 @@ from transferkit.data import (
 )
 from transferkit.errors import ConfigError, DataError
 from transferkit.recipes import DEFAULT_RECIPE, Choice, check_recipe, fine_tune, image_size_choice
-from transferkit.report import write_run_report
+from transferkit.report import plot_lr_find, write_run_report
+from transferkit.train import LRFindResult, TensorBoardLogger
 
 __all__ = ["FASHION_MNIST", "FASHION_VAL_FRACTION", "cmd_train"]
 
@@ -136,10 +138,24 @@ def _check_args(args: argparse.Namespace) -> tuple[str, bool | str, Path]:
     return recipe, weights, check_writable(Path(args.out), what="--out")
 
 
+def _write_lr_find(out: Path, sweep: LRFindResult) -> str:
+    """Write ``lr_find.json`` and ``lr_find.png``; return the report's note on them."""
+    fields = ("lrs", "losses", "smoothed", "suggestion", "rule", "lr_ratio", "diverged")
+    atomic_write_text(out / "lr_find.json",
+                      json.dumps({k: getattr(sweep, k) for k in fields}, indent=1))
+    png = plot_lr_find(sweep.lrs, sweep.smoothed, out / "lr_find.png", losses=sweep.losses,
+                       suggestion=sweep.suggestion, rule=sweep.rule)
+    plot = "lr_find.png" if png else "lr_find.png not drawn (matplotlib is not installed)"
+    if png is None:
+        log.warning("%s", plot)
+    return f"{sweep.describe()}; the sweep in lr_find.json, {plot}"
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     """Fine-tune, test and write ``args.out/model.safetensors`` and ``report.md``."""
     start = time.perf_counter()
     recipe, weights, out = _check_args(args)
+    loggers = [TensorBoardLogger(args.tensorboard)] if args.tensorboard else []
     choices: list[Choice] = []
     if args.recipe is None:
         choices.append(Choice("recipe", recipe, "the default (never failed across data sizes in "
@@ -161,7 +177,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         body_lr=args.body_lr, batch_size=args.batch_size, image_size=size,
         augment=args.augment, freeze_stages=args.freeze_stages, precision=args.precision,
         patience=args.patience, resume=args.resume, out_dir=out, device=args.device,
-        seed=args.seed)
+        seed=args.seed, balanced=args.balanced, callbacks=loggers)
+    if result.lr_find is not None:
+        result.notes.append(_write_lr_find(out, result.lr_find))
     settings = choices + result.settings
     info = get_info(model)
     split, pair = ("test", data.test) if data.test is not None else ("val", val)

@@ -5,6 +5,7 @@ The code lives in one module per idea:
 - :mod:`transferkit.data.fashion`: find, verify and load FashionMNIST;
 - :mod:`transferkit.data.pipeline`: the in-memory batch pipeline (:class:`TensorLoader`);
 - :mod:`transferkit.data.augment`: its batch augmentations (:class:`Augment`);
+- :mod:`transferkit.data.balanced`: class-balanced sampling (:class:`BalancedSampler`);
 - :mod:`transferkit.data.folder_layout`: which folder of a user's image folder holds which split;
 - :mod:`transferkit.data.image_folder`: a user's image folder, loaded into memory;
 - :mod:`transferkit.data.image_files`: which files under a folder are images;
@@ -16,6 +17,7 @@ This layer knows tensors and files, not models: it imports only the base modules
 from __future__ import annotations
 
 from transferkit.data.augment import AUGMENT_PRESETS, Augment, augment_preset
+from transferkit.data.balanced import BalancedSampler, balanced_indices, class_balanced_weights
 from transferkit.data.fashion import (
     FASHION_MNIST_CLASSES,
     FashionMNIST,
@@ -44,6 +46,7 @@ __all__ = [
     "LAYOUTS",
     "SPLIT_NAMES",
     "Augment",
+    "BalancedSampler",
     "FashionMNIST",
     "GREY_MODES",
     "ImageFolderData",
@@ -52,6 +55,8 @@ __all__ = [
     "SplitSource",
     "TensorLoader",
     "augment_preset",
+    "balanced_indices",
+    "class_balanced_weights",
     "decode_image",
     "fashion_mnist",
     "fashion_mnist_search_paths",

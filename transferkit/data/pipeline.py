@@ -27,6 +27,7 @@ import torch.nn.functional as F
 
 from transferkit import _validate
 from transferkit.data.augment import Augment, random_crop_flip, random_erase
+from transferkit.data.balanced import balanced_indices
 from transferkit.errors import ConfigError, DataError
 
 __all__ = ["Augment", "TensorLoader", "resize_matrix"]
@@ -120,6 +121,10 @@ class TensorLoader:
         labels: Integer tensor ``[N]``.
         batch_size: Samples per batch (per rank).
         shuffle: Draw a new permutation every epoch (else the stored order).
+        balanced: Draw every epoch's samples class-balanced instead, with replacement
+            (:func:`~transferkit.data.balanced.balanced_indices`: as many as there are
+            images, every class equally often on average), seeded by ``(seed, epoch)``
+            like the permutation; for imbalanced training data.
         drop_last: Drop this rank's last, smaller batch.
         image_size: Resize to this size (int or ``(h, w)``) with antialiased bilinear
             interpolation; ``None`` keeps the stored size.
@@ -142,9 +147,9 @@ class TensorLoader:
             so with several Python threads using torch at once, pass ``None``.
         even_shards: Give every rank the same number of samples by repeating a few samples
             of the epoch's permutation (as ``DistributedSampler`` does), needed when ranks
-            must take the same number of steps. Default: ``shuffle``. With ``False``, every
+            must take the same number of steps. With ``False``, every
             sample is seen exactly once over all ranks; rank shards then differ by at most
-            one sample.
+            one sample. Default: ``shuffle or balanced``.
 
     Example:
         >>> images = torch.randint(0, 256, (10, 28, 28), dtype=torch.uint8)
@@ -163,6 +168,7 @@ class TensorLoader:
         *,
         batch_size: int = 64,
         shuffle: bool = False,
+        balanced: bool = False,
         drop_last: bool = False,
         image_size: int | Sequence[int] | None = None,
         mean: Sequence[float] | None = None,
@@ -181,6 +187,7 @@ class TensorLoader:
         batch_size = _validate.positive_int("batch_size", batch_size, example=64)
         num_classes = _validate.optional_positive_int("num_classes", num_classes, example=10)
         _check_augment(augment)
+        _validate.flag("balanced", balanced)
         num_threads = _validate.optional_positive_int("num_threads", num_threads)
         rank, world_size = _rank_and_world(rank, world_size)
         stored = _check_images(images)
@@ -201,13 +208,14 @@ class TensorLoader:
         self.device = torch.device(device) if device is not None else stored.device
         self.batch_size = batch_size
         self.shuffle = shuffle
+        self.balanced = balanced
         self.drop_last = drop_last
         self.augment = augment
         self.num_classes = num_classes
         self.seed = int(seed)
         self.rank = rank
         self.world_size = world_size
-        self.even_shards = shuffle if even_shards is None else even_shards
+        self.even_shards = (shuffle or balanced) if even_shards is None else even_shards
         self.channels = channels
         self.num_threads = num_threads
         self.epoch = 0
@@ -228,14 +236,14 @@ class TensorLoader:
         order, as feature caching needs; this loader is left as it is.
 
         Args:
-            **changes: Any of ``batch_size``, ``shuffle``, ``drop_last``, ``augment``,
-                ``rank``, ``world_size``, ``even_shards`` and ``seed``.
+            **changes: Any of ``batch_size``, ``shuffle``, ``balanced``, ``drop_last``,
+                ``augment``, ``rank``, ``world_size``, ``even_shards`` and ``seed``.
 
         Raises:
             ConfigError: An unknown option, or a bad value.
         """
-        allowed = ("batch_size", "shuffle", "drop_last", "augment", "rank", "world_size",
-                   "even_shards", "seed")
+        allowed = ("batch_size", "shuffle", "balanced", "drop_last", "augment", "rank",
+                   "world_size", "even_shards", "seed")
         unknown = [k for k in changes if k not in allowed]
         if unknown:
             raise ConfigError(
@@ -245,6 +253,8 @@ class TensorLoader:
         if "batch_size" in changes:
             _validate.positive_int("batch_size", changes["batch_size"], example=64)
         _check_augment(changes.get("augment"))
+        if "balanced" in changes:
+            _validate.flag("balanced", changes["balanced"])
         rank, world = _rank_and_world(changes.get("rank", self.rank),
                                       changes.get("world_size", self.world_size))
         clone = copy.copy(self)
@@ -296,7 +306,10 @@ class TensorLoader:
         """Return the sample indices this rank visits in ``epoch`` (default: the next one)."""
         epoch = self.epoch if epoch is None else epoch
         n = self.dataset_size
-        if self.shuffle:
+        if self.balanced:
+            generator = torch.Generator().manual_seed(_seed_of(self.seed, epoch))
+            order = balanced_indices(self._labels, n, generator=generator)
+        elif self.shuffle:
             generator = torch.Generator().manual_seed(_seed_of(self.seed, epoch))
             order = torch.randperm(n, generator=generator)
         else:

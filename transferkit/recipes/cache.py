@@ -59,15 +59,15 @@ def plain_loader(data: Iterable[Any]) -> Iterable[Any]:
     """Return ``data`` without augmentation and shuffling, for caching.
 
     A :class:`~transferkit.data.pipeline.TensorLoader` is copied with ``augment=None``,
-    ``shuffle=False`` and a single shard (:meth:`TensorLoader.copy`), so every sample is
-    seen once in stored order; the caller's loader is not changed. Any other iterable is
-    returned as it is: pass one that does not augment (random transforms would be frozen
-    into the cache).
+    ``shuffle=False``, ``balanced=False`` and a single shard (:meth:`TensorLoader.copy`),
+    so every sample is seen once in stored order; the caller's loader is not changed. Any
+    other iterable is returned as it is: pass one that does not augment (random transforms
+    would be frozen into the cache).
     """
     if not isinstance(data, TensorLoader):
         return data
-    return data.copy(augment=None, shuffle=False, drop_last=False, rank=0, world_size=1,
-                     even_shards=False)
+    return data.copy(augment=None, shuffle=False, balanced=False, drop_last=False, rank=0,
+                     world_size=1, even_shards=False)
 
 
 def extraction_batch_size(height: int, width: int) -> int:

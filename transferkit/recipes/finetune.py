@@ -40,6 +40,7 @@ from transferkit.recipes.cache import (
 from transferkit.recipes.feature_loader import FeatureLoader, batch_size_of, loader_like
 from transferkit.recipes.inputs import build_inputs, num_samples
 from transferkit.recipes.l2sp import L2SPLoss
+from transferkit.recipes.lr_search import FIND, check_lr, find_phase_lr
 from transferkit.recipes.table import (
     DEFAULT_RECIPE,
     L2SP_ALPHA,
@@ -54,6 +55,7 @@ from transferkit.train.callbacks import Callback
 from transferkit.train.checkpoint import get_rng_state, set_rng_state
 from transferkit.train.devices import Precision, select_device
 from transferkit.train.history import write_history
+from transferkit.train.lr_finder import LRFindResult
 from transferkit.train.trainer import Trainer, check_trainer_args
 
 __all__ = ["FineTuneResult", "fine_tune"]
@@ -95,6 +97,8 @@ class FineTuneResult:
         settings: Every setting ``fine_tune`` chose itself because it was left out (the
             length of training, the LRs and, for tensors, the batch size, image size and
             augmentation), each with its reason; also logged, one line each.
+        lr_find: The LR sweep of ``lr="find"`` (plot it with
+            :func:`~transferkit.report.plot_lr_find`), else ``None``.
     """
 
     model: nn.Module
@@ -105,6 +109,7 @@ class FineTuneResult:
     notes: list[str] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
     settings: list[Choice] = field(default_factory=list)
+    lr_find: LRFindResult | None = None
 
 
 def _check_trainer_kwargs(kwargs: dict[str, Any]) -> None:
@@ -162,7 +167,7 @@ def _cached_loaders(model: nn.Module, module: str, what: str, train: Any, val: A
 
 def _probe(model: nn.Module, train: Any, val: Any, *, epochs: int, lr: float, cache: bool,
            args: dict[str, Any], notes: list[str], timings: dict[str, float],
-           resume: bool) -> Trainer:
+           resume: bool, sweeps: list[Any] | None = None) -> Trainer:
     """Train the head alone, on cached features (``cache``) or through the frozen body."""
     device = select_device(args["device"])
     model.to(device)
@@ -177,7 +182,8 @@ def _probe(model: nn.Module, train: Any, val: Any, *, epochs: int, lr: float, ca
             log.warning(note)
             notes.append(note)
     if tail is None:
-        trainer = Trainer(EvalMode(model), **base)
+        net = EvalMode(model)
+        trainer = Trainer(net, **_swept(net, train, base, sweeps))
         trainer.fit(train, val, resume=resume or None)
         return trainer
     if _augments(train):
@@ -188,14 +194,15 @@ def _probe(model: nn.Module, train: Any, val: Any, *, epochs: int, lr: float, ca
     train_feats, val_feats = _cached_loaders(model, head, "head inputs", train, val,
                                              device=device, seed=args["seed"], timings=timings,
                                              flatten=True)
-    trainer = Trainer(tail, **base)
+    trainer = Trainer(tail, **_swept(tail, train_feats, base, sweeps))
     trainer.fit(train_feats, val_feats, resume=resume or None)
     return trainer
 
 
 def _finetune(model: nn.Module, train: Any, val: Any, *, recipe: str, epochs: int, lr: float,
               body_lr: float, l2sp: float, freeze_stages: int, args: dict[str, Any],
-              notes: list[str], timings: dict[str, float], resume: bool) -> Trainer:
+              notes: list[str], timings: dict[str, float], resume: bool,
+              sweeps: list[Any] | None = None) -> Trainer:
     """Train with the Trainer under the recipe's freezing (and its cache of frozen stages)."""
     base = {**args, "epochs": epochs, "lr": lr, "body_lr": body_lr}
     base["freeze"] = {"bitfit": "bitfit", "gradual": "body"}.get(recipe, "none")
@@ -231,9 +238,19 @@ def _finetune(model: nn.Module, train: Any, val: Any, *, recipe: str, epochs: in
         notes.append(f"stages 0..{freeze_stages - 1} frozen and their output cached once; "
                      f"stage {name} onwards and the head train on the cache.")
         log.info(notes[-1])
-    trainer = Trainer(net, **base)
+    trainer = Trainer(net, **_swept(net, train_data, base, sweeps))
     trainer.fit(train_data, val_data, resume=resume or None)
     return trainer
+
+
+def _swept(net: nn.Module, data: Any, base: dict[str, Any],
+           sweeps: list[Any] | None) -> dict[str, Any]:
+    """``base``, or with ``lr="find"`` (``sweeps`` is a list) its LRs found by a sweep."""
+    if sweeps is None:
+        return base
+    found, result, choices = find_phase_lr(net, data, base)
+    sweeps.append((result, choices))
+    return found
 
 
 def _length(train: Any, epochs: int | None, steps: int | None,
@@ -271,13 +288,15 @@ def _body_ratio(spec: Any) -> float:
     return spec.body_lr / spec.lr if spec.body_lr else 0.1
 
 
-def _lr_settings(spec: Any, lr: float | None, body_lr: float | None) -> list[Choice]:
+def _lr_settings(spec: Any, lr: float | str | None, body_lr: float | None) -> list[Choice]:
     """The LR choices ``fine_tune`` makes for what was left out, as :class:`Choice` lines."""
     if spec.name == "linear_probe":
         return [] if lr is not None else [Choice("lr", spec.lr, "the linear probe's default")]
     out = []
     if spec.name == "lp_ft":
         out.append(Choice("probe lr", PROBE_LR, "the linear probe's default (PROBE_LR)"))
+    if lr == FIND:  # the sweep reports its own
+        return out
     if lr is None:
         out.append(Choice("lr", spec.lr, f"recipe {spec.name}'s default head LR"))
     if body_lr is None:
@@ -295,7 +314,7 @@ def fine_tune(
     recipe: str = DEFAULT_RECIPE,
     epochs: int | None = None,
     steps: int | None = None,
-    lr: float | None = None,
+    lr: float | str | None = None,
     body_lr: float | None = None,
     l2sp: float = 0.0,
     probe_epochs: int | None = None,
@@ -312,6 +331,7 @@ def fine_tune(
     batch_size: int | None = None,
     image_size: int | None = None,
     augment: str | None = None,
+    balanced: bool = False,
     **trainer_kwargs: Any,
 ) -> FineTuneResult:
     """Fine-tune ``model`` on ``train`` with a named recipe; return the model and history.
@@ -340,7 +360,10 @@ def fine_tune(
         steps: The length as optimizer steps instead, rounded up to whole epochs (needs
             ``train`` with a ``len()``); not with ``epochs``.
         lr: Head LR; default per recipe (see ``RECIPES``). For ``lp_ft``, the head LR of
-            the fine-tuning phase (the probe uses ``PROBE_LR``).
+            the fine-tuning phase (the probe uses ``PROBE_LR``). ``"find"``: found by
+            :func:`~transferkit.train.lr_find` (the ``"valley"`` rule) at the start of that
+            phase, on exactly what it trains (:mod:`transferkit.recipes.lr_search`); the
+            sweep is in ``result.lr_find`` and the LRs in ``result.settings``.
         body_lr: Body LR (of the last stage for ``llrd``); default: ``lr`` times the
             recipe's body/head ratio, so ``lr=`` alone moves both.
         l2sp: L2-SP strength ``alpha`` added to any recipe (0: off; recipe ``"l2sp"``
@@ -375,6 +398,9 @@ def fine_tune(
             multiple of 32, at most the backbone's pretrained size).
         augment: Augmentation preset for tensors, one of ``AUGMENT_PRESETS`` (default
             ``"light"``: shifts, no flips).
+        balanced: For tensors, draw the training batches class-balanced, with replacement
+            (``TensorLoader(balanced=True)``; for a loader, use
+            :class:`~transferkit.data.BalancedSampler` or that option yourself).
         **trainer_kwargs: Other :class:`~transferkit.train.trainer.Trainer` arguments
             (``weight_decay``, ``warmup``, ``grad_clip``, ``loss_fn``, ``monitor``...).
 
@@ -385,7 +411,7 @@ def fine_tune(
         UnknownRecipeError: Unknown recipe (a ``ConfigError``; the closest is suggested).
         ConfigError: Bad ``epochs``, ``steps``, ``lr``, ``body_lr``, ``l2sp``,
             ``probe_epochs``, ``freeze_stages``, ``resume``, ``batch_size``,
-            ``image_size``, ``augment`` or Trainer argument.
+            ``image_size``, ``augment``, ``balanced`` or Trainer argument.
         DataError: ``(images, labels)`` tensors that do not match.
         OSError: ``out_dir`` cannot be created or written.
 
@@ -400,10 +426,11 @@ def fine_tune(
     start = time.perf_counter()
     spec = check_recipe(recipe)
     inputs = build_inputs(model, train, val, batch_size=batch_size, image_size=image_size,
-                          augment=augment, seed=seed, cached=bool(freeze_stages))
+                          augment=augment, seed=seed, cached=bool(freeze_stages),
+                          balanced=balanced)
     train, val, settings = inputs.train, inputs.val, inputs.choices
     epochs = _length(train, epochs, steps, settings)
-    lr_ = None if lr is None else _validate.rate("lr", lr, allow_zero=False, example=1e-3)
+    lr_ = check_lr(lr, body_lr)
     body_lr_ = (None if body_lr is None
                 else _validate.rate("body_lr", body_lr, allow_zero=False, example=1e-4))
     alpha = _validate.rate("l2sp", l2sp)
@@ -441,6 +468,9 @@ def fine_tune(
     if resume and (out_dir is None or spec.name == "lp_ft"):
         raise ConfigError("resume=True needs out_dir= (it continues out_dir/<phase>/last.pt) and "
                           "a one-phase recipe (not 'lp_ft').")
+    if resume and lr_ == FIND:
+        raise ConfigError(f"resume=True with lr={FIND!r} would sweep again; pass the LR the run "
+                          "found (in its result.settings, or the CLI's OUT/config.toml).")
     _validate.flag("cache_features", cache_features)
     _check_trainer_kwargs(trainer_kwargs)
     settings += _lr_settings(spec, lr_, body_lr_)
@@ -467,19 +497,22 @@ def fine_tune(
     notes: list[str] = []
     timings: dict[str, float] = {"cache_s": 0.0}
     trainer: Trainer
+    sweeps: list[Any] | None = [] if lr_ == FIND else None
     for choice in settings:
         log.info("chose %s", choice)
     before = freeze_state(model)
     try:
         if spec.name in ("linear_probe", "lp_ft"):
             n = epochs if spec.name == "linear_probe" else n_probe
-            plr = lr_ if (lr_ is not None and spec.name == "linear_probe") else PROBE_LR
-            trainer = _probe(unwrap(model), train, val, epochs=n, lr=plr, cache=cache_features,
-                             args=args_for("probe"), notes=notes, timings=timings,
-                             resume=resume)
+            probe_lr = spec.name == "linear_probe" and lr_ not in (None, FIND)
+            trainer = _probe(unwrap(model), train, val, epochs=n,
+                             lr=lr_ if probe_lr else PROBE_LR,  # type: ignore[arg-type]
+                             cache=cache_features, args=args_for("probe"), notes=notes,
+                             timings=timings, resume=resume,
+                             sweeps=sweeps if spec.name == "linear_probe" else None)
             history += _phase_records(trainer.history, "probe", 0)
         if spec.name != "linear_probe":
-            head = lr_ if lr_ is not None else spec.lr
+            head = lr_ if isinstance(lr_, float) else spec.lr  # "find": replaced by the sweep
             body = body_lr_ if body_lr_ is not None else head * _body_ratio(spec)
             # Set before the Trainer, which keeps this BatchNorm mode under its own
             # freezing policy (every fine-tuning phase applies one).
@@ -487,7 +520,8 @@ def fine_tune(
             trainer = _finetune(
                 model, train, val, recipe=spec.name, epochs=epochs - n_probe, lr=head,
                 body_lr=body, l2sp=alpha, freeze_stages=freeze_stages,
-                args=args_for("finetune"), notes=notes, timings=timings, resume=resume)
+                args=args_for("finetune"), notes=notes, timings=timings, resume=resume,
+                sweeps=sweeps)
             history += _phase_records(trainer.history, "finetune", n_probe)
     except BaseException:
         if not history:  # nothing trained yet: give the model its freezing back
@@ -497,10 +531,13 @@ def fine_tune(
         trainer = Trainer(model, **{**common, **trainer_kwargs, "epochs": epochs,
                                     "lr": trainer.lr})
     trainer.history = list(history)
+    for _, choices in sweeps or ():
+        settings += choices
     timings["train_s"] = sum(float(r.get("time", 0.0)) for r in history)
     if root is not None:
         write_history(root, history)
     seconds = time.perf_counter() - start
     log.info("fine_tune: recipe %s, %d epoch(s) in %.1f s", spec.name, len(history), seconds)
     return FineTuneResult(model=model, recipe=spec.name, history=history, seconds=seconds,
-                          trainer=trainer, notes=notes, timings=timings, settings=settings)
+                          trainer=trainer, notes=notes, timings=timings, settings=settings,
+                          lr_find=sweeps[0][0] if sweeps else None)

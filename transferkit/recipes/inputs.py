@@ -93,26 +93,32 @@ def build_inputs(
     augment: str | None,
     seed: int,
     cached: bool = False,
+    balanced: bool = False,
 ) -> Inputs:
     """Return the data ``fine_tune`` trains on; batch ``(images, labels)`` pairs here.
 
     ``cached``: the first stages' output will be cached, so the default augmentation is
-    ``"none"`` (a cache is computed once, from the images as they are).
+    ``"none"`` (a cache is computed once, from the images as they are). ``balanced``: the
+    train batches are drawn class-balanced (``TensorLoader(balanced=True)``).
 
     Raises:
-        ConfigError: ``batch_size``, ``image_size`` or ``augment`` given with a loader
+        ConfigError: ``batch_size``, ``image_size``, ``augment`` or ``balanced`` given with a loader
             (which has its own), or an invalid value.
         DataError: A malformed pair, or a ``val`` pair given with a train loader.
     """
+    _validate.flag("balanced", balanced)
     pair, val_pair = as_pair(train, "train"), as_pair(val, "val")
     if pair is None:
         given = [f"{k}={v!r}" for k, v in (("batch_size", batch_size),
                                             ("image_size", image_size),
-                                            ("augment", augment)) if v is not None]
+                                            ("augment", augment),
+                                            ("balanced", balanced or None)) if v is not None]
         if given:
             raise ConfigError(
                 f"{', '.join(given)} apply when train is (images, labels) tensors, which "
-                "fine_tune batches itself; a loader has its own: set them on the loader.")
+                "fine_tune batches itself; a loader has its own: set them on the loader "
+                "(balanced: TensorLoader(balanced=True) or DataLoader(sampler="
+                "BalancedSampler(labels))).")
         if val_pair is not None:
             raise ConfigError("val is (images, labels) but train is a loader: pass both as "
                               "tensors, or both as loaders.")
@@ -150,7 +156,7 @@ def build_inputs(
     # tiny batch gets a whole step's weight.
     drop_last = n % batch_size < min(4, batch_size) and n > batch_size
     train_loader = TensorLoader(images, labels, batch_size=batch_size, shuffle=True,
-                                drop_last=drop_last, augment=aug, **common)
+                                balanced=balanced, drop_last=drop_last, augment=aug, **common)
     val_loader = None
     if val_pair is not None:
         val_loader = TensorLoader(*val_pair, batch_size=max(batch_size, 64), **common)

@@ -2,8 +2,8 @@
 
 - :mod:`~transferkit.report.markdown`: :func:`write_report`;
 - :mod:`~transferkit.report.confusion`: :func:`confusion_matrix` and its checks;
-- :mod:`~transferkit.report.plots`: training curves, confusion matrix, misclassified
-  images (matplotlib, optional);
+- :mod:`~transferkit.report.plots`: training curves, LR sweep, confusion matrix,
+  misclassified images (matplotlib, optional);
 - :mod:`~transferkit.report.run`: the report of one fine-tuning run (:func:`write_run_report`).
 
 This layer knows histories, tensors and files, not models or training: it imports only
@@ -19,6 +19,7 @@ from transferkit.report.plots import (
     matplotlib_available,
     plot_confusion,
     plot_history,
+    plot_lr_find,
     plot_misclassified,
 )
 from transferkit.report.run import write_run_report
@@ -29,6 +30,7 @@ __all__ = [
     "matplotlib_available",
     "plot_confusion",
     "plot_history",
+    "plot_lr_find",
     "plot_misclassified",
     "write_report",
     "write_run_report",

@@ -1,4 +1,4 @@
-"""Draw the PNG plots of a run: training curves, confusion matrix, misclassified images.
+"""Draw the PNG plots of a run: training curves, LR sweep, confusion matrix, misclassified images.
 
 matplotlib is optional (``pip install transferkit[plots]``). It is imported lazily, and
 only :class:`matplotlib.figure.Figure` with the Agg canvas is used: no ``pyplot``, so the
@@ -32,6 +32,7 @@ __all__ = [
     "matplotlib_available",
     "plot_confusion",
     "plot_history",
+    "plot_lr_find",
     "plot_misclassified",
 ]
 
@@ -43,6 +44,8 @@ PLOTS_SKIPPED = "plots skipped: matplotlib is not installed (pip install transfe
 DPI = 100
 HISTORY_SIZE: tuple[int, int] = (1000, 400)
 """Pixel size (width, height) of the training-curves PNG."""
+LR_FIND_SIZE: tuple[int, int] = (700, 450)
+"""Pixel size (width, height) of the LR-sweep PNG."""
 
 _warned = False
 
@@ -142,6 +145,76 @@ def plot_history(
         ax.set_title(titles[metric])
         ax.grid(True, alpha=0.3)
         ax.legend()
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def _finite_floats(name: str, values: Any) -> list[float]:
+    try:
+        out = [float(v) for v in values]
+    except (TypeError, ValueError):
+        raise DataError(f"{name} must be a sequence of numbers, got {values!r:.80}.") from None
+    return out
+
+
+def plot_lr_find(
+    lrs: Sequence[float],
+    smoothed: Sequence[float],
+    path: str | os.PathLike[str],
+    *,
+    losses: Sequence[float] | None = None,
+    suggestion: float | None = None,
+    rule: str | None = None,
+) -> Path | None:
+    """Draw an LR sweep: the smoothed loss against the LR (log scale), the suggestion marked.
+
+    Args:
+        lrs: The LR of every step (``LRFindResult.lrs``).
+        smoothed: The smoothed loss of every step (``LRFindResult.smoothed``).
+        path: The PNG file to write (its folder is created if missing).
+        losses: The raw loss of every step, drawn faintly (``LRFindResult.losses``).
+        suggestion: The suggested LR, marked with a vertical line.
+        rule: The rule that chose it, named in the legend.
+
+    Returns:
+        The path written, or ``None`` when matplotlib is not installed.
+
+    Raises:
+        DataError: Fewer than 2 points, lists of different lengths, an LR that is not
+            positive, or a suggestion that is not.
+    """
+    xs, ys = _finite_floats("lrs", lrs), _finite_floats("smoothed", smoothed)
+    raw = None if losses is None else _finite_floats("losses", losses)
+    if len(xs) < 2 or len(xs) != len(ys) or (raw is not None and len(raw) != len(xs)):
+        raise DataError(
+            f"an LR sweep needs at least 2 points and one loss per LR; got {len(xs)} LRs, "
+            f"{len(ys)} smoothed losses" + ("" if raw is None else f", {len(raw)} losses")
+            + ". Pass the fields of lr_find()'s result.")
+    if any(not (x > 0 and math.isfinite(x)) for x in xs) or (
+            suggestion is not None and not (suggestion > 0 and math.isfinite(suggestion))):
+        raise DataError(f"LRs must be positive and finite (log scale); got lrs from {min(xs)!r} "
+                        f"and suggestion={suggestion!r}.")
+    fig = _new_figure(*LR_FIND_SIZE)
+    if fig is None:
+        return None
+    ax = fig.add_subplot(1, 1, 1)
+    if raw is not None:
+        ax.plot(xs, raw, "-", color="0.75", linewidth=1, label="loss")
+    ax.plot(xs, ys, "-", linewidth=2, label="smoothed loss")
+    finite = [y for y in ys if math.isfinite(y)]
+    if finite:  # the divergence at the end would squash the curve: clip at 4x its minimum
+        low = min(finite)
+        high = min(max(finite), 4 * low) if low > 0 else max(finite)
+        margin = 0.05 * (high - low or 1.0)
+        ax.set_ylim(low - margin, high + margin)
+    if suggestion is not None:
+        ax.axvline(suggestion, color="tab:red", linestyle="--",
+                   label=f"suggestion {suggestion:.2g}" + (f" ({rule})" if rule else ""))
+    ax.set_xscale("log")
+    ax.set_xlabel("head learning rate")
+    ax.set_ylabel("training loss")
+    ax.grid(True, alpha=0.3)
+    ax.legend()
     fig.tight_layout()
     return _save(fig, path)
 

@@ -6,6 +6,9 @@
   checkpoints and the Trainer's checkpoint format;
 - :mod:`~transferkit.train.optim` and :mod:`~transferkit.train.schedules`: the default
   optimizer and warm-up + cosine schedule (the one builder the recipes use too);
+- :mod:`~transferkit.train.lr_finder`: :func:`lr_find`, a short LR sweep that suggests a
+  head LR and leaves the model exactly as it was;
+- :mod:`~transferkit.train.loggers`: experiment logging callbacks (CSV, TensorBoard, your own);
 - :mod:`~transferkit.train.unfreezing`: the plan of gradual unfreezing (by epoch or by
   optimizer step), its log lines and how a checkpoint resumes it;
 - :mod:`~transferkit.train.batch_checks`, :mod:`~transferkit.train.history`,
@@ -24,19 +27,27 @@ from transferkit.train.callbacks import EVENTS, Callback
 from transferkit.train.checkpoint import load_checkpoint, save_checkpoint
 from transferkit.train.devices import select_device
 from transferkit.train.distributed import cleanup
+from transferkit.train.loggers import CSVLogger, MetricLogger, TensorBoardLogger
+from transferkit.train.lr_finder import LRFindResult, lr_find, suggest_lr
 from transferkit.train.schedules import WarmupCosine, warmup_cosine, warmup_cosine_scheduler
 from transferkit.train.trainer import Trainer, check_trainer_args
 
 __all__ = [
     "EVENTS",
+    "CSVLogger",
     "Callback",
+    "LRFindResult",
+    "MetricLogger",
+    "TensorBoardLogger",
     "Trainer",
     "WarmupCosine",
     "check_trainer_args",
     "cleanup",
     "load_checkpoint",
+    "lr_find",
     "save_checkpoint",
     "select_device",
+    "suggest_lr",
     "warmup_cosine",
     "warmup_cosine_scheduler",
 ]

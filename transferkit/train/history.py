@@ -21,6 +21,7 @@ from transferkit.errors import ConfigError, closest
 __all__ = [
     "format_epoch",
     "higher_is_better",
+    "history_csv",
     "monitor_keys",
     "new_best",
     "resolve_monitor",
@@ -107,9 +108,21 @@ def write_history(out_dir: Path, history: list[dict[str, Any]]) -> None:
         history: One record per epoch; the CSV has the union of their keys as columns.
     """
     atomic_write_text(out_dir / "history.json", json.dumps(history, indent=1))
+    atomic_write_text(out_dir / "history.csv", history_csv(history))
+
+
+def history_csv(rows: Sequence[dict[str, Any]]) -> str:
+    """Return ``rows`` as CSV text; the columns are the union of their keys, in order seen.
+
+    Example:
+        >>> print(history_csv([{"epoch": 1, "lr": 0.1}, {"epoch": 2, "val_acc": 0.5}]), end="")
+        epoch,lr,val_acc
+        1,0.1,
+        2,,0.5
+    """
     buffer = io.StringIO()
-    fields = list(dict.fromkeys(k for r in history for k in r))
+    fields = list(dict.fromkeys(k for r in rows for k in r))
     writer = csv.DictWriter(buffer, fieldnames=fields, lineterminator="\n")
     writer.writeheader()
-    writer.writerows(history)
-    atomic_write_text(out_dir / "history.csv", buffer.getvalue())
+    writer.writerows(rows)
+    return buffer.getvalue()

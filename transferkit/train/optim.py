@@ -19,7 +19,7 @@ from transferkit.adaptation.core import get_info, unwrap
 from transferkit.adaptation.groups import no_weight_decay_names, param_groups
 from transferkit.errors import HeadNotFoundError, TransferKitError
 
-__all__ = ["default_optimizer", "schedule_steps"]
+__all__ = ["default_optimizer", "head_body_lrs", "schedule_steps"]
 
 log = logging.getLogger(__name__)
 
@@ -90,3 +90,27 @@ def schedule_steps(batches: int, epochs: int, *, grad_accum: int, interval: str)
     """
     per_epoch = math.ceil(batches / grad_accum) if interval == "step" else 1
     return epochs * per_epoch
+
+
+def head_body_lrs(optimizer: torch.optim.Optimizer) -> dict[str, float]:
+    """Return the head's LR as ``lr`` and the body's as ``body_lr`` when it trains at its own.
+
+    Groups named by ``param_groups`` say which is the head; a user's own optimizer's
+    first group is reported as ``lr``. A frozen body (a linear probe) has no ``body_lr``.
+    With layer-wise decay, ``body_lr`` is the LR of the stage next to the head.
+
+    Example:
+        >>> from torch import nn
+        >>> opt = default_optimizer(nn.Linear(2, 2), 0.1, 0.01, weight_decay=0.0)
+        >>> head_body_lrs(opt)     # no recognisable head: one LR
+        {'lr': 0.1}
+    """
+    groups = optimizer.param_groups
+    role = [str(g.get("name", "")).split("/")[0] for g in groups]  # "head/no_decay"...
+    head = [g for g, r in zip(groups, role) if r == "head"]
+    body = [g for g, r in zip(groups, role) if r not in ("", "head")
+            and any(p.requires_grad for p in g["params"])]
+    lrs = {"lr": float((head or groups)[0]["lr"])}
+    if head and body:
+        lrs["body_lr"] = float(body[-1]["lr"])  # the stage next to the head (llrd)
+    return lrs

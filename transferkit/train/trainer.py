@@ -65,7 +65,7 @@ from transferkit.train.history import (
 )
 from transferkit.train.interrupts import sigint_requests_stop
 from transferkit.train.metrics import MetricSums
-from transferkit.train.optim import default_optimizer, schedule_steps
+from transferkit.train.optim import default_optimizer, head_body_lrs, schedule_steps
 from transferkit.train.schedules import stretch_schedule, warmup_cosine_scheduler
 from transferkit.train.state import (
     CHECKPOINT_FORMAT,
@@ -336,7 +336,8 @@ class Trainer:
             if self.interrupted:
                 self._save_interrupted()
                 break
-            record: dict[str, Any] = {"epoch": self.epoch + 1, **self._lrs()}
+            record: dict[str, Any] = {"epoch": self.epoch + 1,
+                                      **head_body_lrs(self.optimizer)}
             record.update(self._reduce(train_sums).result("train"))
             if val_data is not None:
                 record.update(self._run_eval(val_data).result("val"))
@@ -531,22 +532,6 @@ class Trainer:
         if self.dist.enabled:
             sums.load(all_reduce_sum(sums.packed(), self.dist))
         return sums
-
-    def _lrs(self) -> dict[str, float]:
-        """The head's LR as ``lr`` and, when the body trains at its own, the body's as ``body_lr``.
-
-        Groups named by ``param_groups`` say which is the head; a user's own optimizer's
-        first group is reported as ``lr``. A frozen body (a linear probe) has no ``body_lr``.
-        """
-        groups = self.optimizer.param_groups
-        role = [str(g.get("name", "")).split("/")[0] for g in groups]  # "head/no_decay"...
-        head = [g for g, r in zip(groups, role) if r == "head"]
-        body = [g for g, r in zip(groups, role) if r not in ("", "head")
-                and any(p.requires_grad for p in g["params"])]
-        lrs = {"lr": float((head or groups)[0]["lr"])}
-        if head and body:
-            lrs["body_lr"] = float(body[-1]["lr"])  # the stage next to the head (llrd)
-        return lrs
 
     def _train_module(self) -> nn.Module:
         if not self.dist.enabled:
