@@ -198,7 +198,9 @@ def test_labels_outside_num_classes_are_rejected():
         (torch.zeros(3, 28, 28, 3, dtype=torch.uint8), torch.zeros(3, dtype=torch.long),
          "permute"),
         (torch.zeros(3, 4, 4, dtype=torch.int32), torch.zeros(3, dtype=torch.long), "int32"),
-        (torch.zeros(3, 4, 4, dtype=torch.uint8), torch.zeros(3, 10), "argmax"),
+        (torch.zeros(3, 4, 4, dtype=torch.uint8), torch.zeros(3, 10, dtype=torch.long),
+         r"labels\.float\(\)"),
+        (torch.zeros(3, 4, 4, dtype=torch.uint8), torch.zeros(3, 2, 5), "soft or multi-hot"),
         ([[1]], torch.zeros(1, dtype=torch.long), "torch.as_tensor"),
     ],
 )
