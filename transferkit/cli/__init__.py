@@ -147,6 +147,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="1 (grayscale) or 3 (RGB); default: 1 when every image is grey")
     p.add_argument("--strict", action="store_true",
                    help="stop (exit 1) on an undecodable image instead of skipping it")
+    p.add_argument("--labels", default=None, metavar="FILE",
+                   help="multi-label: a .csv/.json labels file (image file -> labels) of the "
+                        "images in --data; --val/--test then name labels files too")
+    for flag, meta, what in (("--mixup", "ALPHA", "MixUp's alpha, e.g. 0.2"),
+                             ("--cutmix", "ALPHA", "CutMix's alpha, e.g. 1.0"),
+                             ("--label-smoothing", "EPS", "label smoothing, e.g. 0.1")):
+        p.add_argument(flag, type=float, default=None, metavar=meta, help=f"{what} (default off)")
+    p.add_argument("--class-weights", choices=("balanced",), default=None,
+                   help="weigh the loss by inverse class frequency (default off)")
     p.set_defaults(func=train.cmd_train, parser=p)
 
     p = sub.add_parser("predict", parents=[common], help="classify images",

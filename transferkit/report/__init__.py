@@ -21,7 +21,7 @@ from transferkit.report.plots import (
     plot_history,
     plot_misclassified,
 )
-from transferkit.report.run import write_run_report
+from transferkit.report.run import write_multilabel_run_report, write_run_report
 
 __all__ = [
     "PLOTS_SKIPPED",
@@ -30,6 +30,7 @@ __all__ = [
     "plot_confusion",
     "plot_history",
     "plot_misclassified",
+    "write_multilabel_run_report",
     "write_report",
     "write_run_report",
 ]
