@@ -8,6 +8,9 @@
   optimizer and warm-up + cosine schedule (the one builder the recipes use too);
 - :mod:`~transferkit.train.unfreezing`: the plan of gradual unfreezing (by epoch or by
   optimizer step), its log lines and how a checkpoint resumes it;
+- :mod:`~transferkit.train.targets`: what a target batch means (class indices, soft or
+  multi-hot: the task), its loss, class weights; :mod:`~transferkit.train.mixing`: mixup
+  and CutMix; :mod:`~transferkit.train.multilabel_metrics`: mAP and F1;
 - :mod:`~transferkit.train.batch_checks`, :mod:`~transferkit.train.history`,
   :mod:`~transferkit.train.metrics`, :mod:`~transferkit.train.devices`,
   :mod:`~transferkit.train.interrupts`, :mod:`~transferkit.train.distributed` (with
@@ -24,19 +27,27 @@ from transferkit.train.callbacks import EVENTS, Callback
 from transferkit.train.checkpoint import load_checkpoint, save_checkpoint
 from transferkit.train.devices import select_device
 from transferkit.train.distributed import cleanup
+from transferkit.train.mixing import batch_mixer
+from transferkit.train.multilabel_metrics import average_precision
 from transferkit.train.schedules import WarmupCosine, warmup_cosine, warmup_cosine_scheduler
+from transferkit.train.targets import TASKS, check_targets, task_loss
 from transferkit.train.trainer import Trainer, check_trainer_args
 
 __all__ = [
     "EVENTS",
+    "TASKS",
     "Callback",
     "Trainer",
     "WarmupCosine",
+    "average_precision",
+    "batch_mixer",
+    "check_targets",
     "check_trainer_args",
     "cleanup",
     "load_checkpoint",
     "save_checkpoint",
     "select_device",
+    "task_loss",
     "warmup_cosine",
     "warmup_cosine_scheduler",
 ]

@@ -104,9 +104,9 @@ class MultiLabelSums:
     Example:
         >>> sums = MultiLabelSums(2, threshold=0.5, device="cpu", keep_scores=True)
         >>> sums.update(torch.tensor(0.5), torch.tensor([[3.0, -3.0], [-3.0, 3.0]]),
-        ...             torch.tensor([[1.0, 0.0], [1.0, 1.0]]))
+        ...             torch.tensor([[0.0, 0.0], [1.0, 1.0]]))
         >>> {k: round(v, 4) for k, v in sums.result("val").items()}
-        {'val_loss': 0.5, 'val_map': 0.75, 'val_f1': 0.8333}
+        {'val_loss': 0.5, 'val_map': 0.75, 'val_f1': 0.5}
     """
 
     def __init__(self, num_classes: int, *, threshold: float, device: torch.device | str,
