@@ -73,17 +73,6 @@ def test_the_trainer_mixes_training_batches_only():
     assert torch.equal(val, data[0][1])  # validation is not
 
 
-class InterruptAt(Callback):
-    """Act as if Ctrl-C arrived during optimizer step ``step``."""
-
-    def __init__(self, step: int) -> None:
-        self.step = step
-
-    def on_batch_end(self, trainer):
-        if trainer.step == self.step - 1:
-            trainer._sigint = True
-
-
 def run(folder: Path, targets: str, callbacks=(), resume=None) -> Trainer:
     g = torch.Generator().manual_seed(3)
     images = torch.randint(0, 256, (30, 8, 8), dtype=torch.uint8, generator=g)
@@ -104,10 +93,11 @@ def run(folder: Path, targets: str, callbacks=(), resume=None) -> Trainer:
 
 
 @pytest.mark.parametrize("targets", ["indices", "multi_hot"])
-def test_a_mixed_run_resumed_mid_epoch_is_bitwise_the_uninterrupted_one(tmp_path, targets):
+def test_a_mixed_run_resumed_mid_epoch_is_bitwise_the_uninterrupted_one(tmp_path, targets,
+                                                                      interrupt_at):
     straight = run(tmp_path / "a", targets)
     assert straight.step == 24  # 8 batches (the last one odd: 2 images) x 3 epochs
-    stopped = run(tmp_path / "b", targets, callbacks=[InterruptAt(13)])
+    stopped = run(tmp_path / "b", targets, callbacks=[interrupt_at(13)])
     assert stopped.interrupted and stopped.batch_in_epoch == 5
     resumed = run(tmp_path / "b", targets, resume=True)
     for p, q in zip(straight.model.parameters(), resumed.model.parameters(), strict=True):
