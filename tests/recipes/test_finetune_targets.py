@@ -76,8 +76,8 @@ def test_lp_ft_mixes_its_fine_tuning_phase_only_and_says_so():
     result = fine_tune(_model(), _tensors(), recipe="lp_ft", epochs=2, device="cpu", mixup=0.2,
                        cutmix=1.0, callbacks=[phases])
     assert phases.seen == [(0.0, 0.0, "single_label"), (0.2, 1.0, "single_label")]
-    assert "lp_ft: mixup=0.2 and cutmix=1.0 apply to the fine-tuning phase; the probe fits " \
-           "the head on the unmixed images." in result.notes
+    assert "lp_ft: mixing (mixup=0.2 and cutmix=1.0) in the fine-tuning phase only; the " \
+           "probe fits the head on the unmixed images." in result.notes
 
 
 def test_l2sp_composes_with_label_smoothing_and_balanced_weights():

@@ -141,8 +141,8 @@ def _check_mixing(kwargs: dict[str, Any], *, recipe: str, cache_features: bool,
             "from the unmixed images; pass cache_features=False to probe through the frozen "
             "body, mixing every batch.")
     if recipe == "lp_ft":
-        return (f"lp_ft: {what} apply to the fine-tuning phase; the probe fits the head on "
-                "the unmixed images.")
+        return (f"lp_ft: mixing ({what}) in the fine-tuning phase only; the probe fits the "
+                "head on the unmixed images.")
     return None
 
 

@@ -231,7 +231,8 @@ class Trainer:
         self.precision, self.grad_clip, self.grad_accum = precision, grad_clip, grad_accum
         self.channels_last, self.topk, self.seed = channels_last, tuple(topk), seed
         self.task, self.threshold, self.penalty = task, checked["threshold"], penalty
-        self.label_smoothing, self.mixup, self.cutmix = label_smoothing, mixup, cutmix
+        self.label_smoothing = checked["label_smoothing"]
+        self.mixup, self.cutmix = checked["mixup"], checked["cutmix"]
         self._class_weights_arg, self._own_loss = checked["class_weights"], loss_fn is not None
         self.class_weights: torch.Tensor | None = None  # the default loss's, once resolved
         self.num_classes: int | None = None
@@ -325,13 +326,13 @@ class Trainer:
         raise_together(error, self.dist)
         check_same_task(str(first.task), self.dist, self.device)
         self._check_monitor(val is not None, first.task)
-        self._setup_targets(train, first)
         if self.unfreeze_until is not None and data_len(train_data) is None:
             raise ConfigError(
                 f"unfreeze_until={self.unfreeze_until} opens stages by optimizer step, which "
                 "needs the run's step count: the train data has no len(). Pass "
                 "unfreeze_every=k (epochs) instead."
             )
+        self._setup_targets(train, first)  # the loss (class weights), the mixer
         self._setup_schedule(train_data, epochs)
         if self.freeze_policy is not None:
             # Keep the BatchNorm mode the model has (freeze(..., bn="frozen") before fit).
