@@ -4,8 +4,9 @@ A thin shell over :func:`transferkit.recipes.fine_tune`: it reads the data (spli
 ``--val``/``--test`` folders, a multi-label ``--labels`` file, or FashionMNIST), chooses
 what only the files can tell (the stored image size and the number of channels, from the
 images' headers), hands the tensors to ``fine_tune`` (which chooses the rest from the
-data) and writes the model file, the history and ``report.md``. A test split, when there is one, is evaluated once, at the end,
-with the weights the model ends with (the best on validation).
+data) and writes the model file, the history and ``report.md``. A test split, when there
+is one, is evaluated once, at the end, with the weights the model ends with (the best on
+validation).
 """
 
 from __future__ import annotations
