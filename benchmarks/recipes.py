@@ -19,11 +19,16 @@ evaluation not), and what trains: the trainable parameters when ``fine_tune`` re
 (``gradual`` opens every stage within the first quarter of the run) and the recipe's
 summary.
 
+``--variants`` runs each recipe once per variant of the Trainer's batch and target options
+(``mixup``, ``cutmix``, ``label_smoothing``; ``baseline`` for none), on the same model,
+data and seed, so a regulariser is measured against the run without it.
+
 Usage::
 
     python benchmarks/recipes.py            # 4000 train / 1000 val / 2000 test, 32 px, 3 epochs
     python benchmarks/recipes.py --quick    # 64 / 32 / 32 images at 16 px, 2 epochs (tests)
     python benchmarks/recipes.py --recipes full,lp_ft,l2sp --epochs 5
+    python benchmarks/recipes.py --recipes lp_ft --variants "baseline;mixup=0.2;cutmix=1.0"
 
 All runs use ``torch.set_num_threads(1)`` unless ``--threads N`` (see docs/benchmarks.md).
 One run per recipe, not repeated: times on a shared CPU vary by up to 2x. The last line
@@ -47,6 +52,7 @@ from transferkit.data import TensorLoader
 from transferkit.errors import WeightsError, closest
 
 MODEL = "efficientnet_lite0"
+VARIANT_OPTIONS = ("mixup", "cutmix", "label_smoothing")  # fine_tune Trainer kwargs, floats
 MEAN, STD = (0.2860,), (0.3530,)  # FashionMNIST's, as benchmarks/linear_probe.py
 EVAL_BATCH = 256
 
@@ -81,8 +87,41 @@ def _loaders(*, n_train: int, n_val: int, n_test: int, size: int, batch_size: in
     return loaders, data.source, (len(y) - n_val, n_val, len(ty))
 
 
+def parse_variants(text: str | None) -> list[dict[str, float]]:
+    """``"baseline;mixup=0.2,cutmix=1.0"`` -> ``[{}, {"mixup": 0.2, "cutmix": 1.0}]``.
+
+    Raises:
+        ValueError: An unknown option, a value that is not a number, or a repeated variant.
+    """
+    if text is None:
+        return [{}]
+    variants: list[dict[str, float]] = []
+    for part in (p.strip() for p in text.split(";")):
+        options: dict[str, float] = {}
+        for item in ([] if part == "baseline" else part.split(",")):
+            key, _, value = item.partition("=")
+            key = key.strip()
+            if key not in VARIANT_OPTIONS:
+                raise ValueError(f"unknown variant option {key!r} in {part!r}; valid: "
+                                 f"{', '.join(VARIANT_OPTIONS)} (or 'baseline')."
+                                 + closest(key, VARIANT_OPTIONS))
+            try:
+                options[key] = float(value)
+            except ValueError:
+                raise ValueError(f"{key}={value!r} in {part!r} is not a number") from None
+        if options in variants:
+            raise ValueError(f"--variants names {part!r} twice")
+        variants.append(options)
+    return variants
+
+
+def variant_name(options: dict[str, float]) -> str:
+    """``{}`` -> ``"baseline"``, ``{"mixup": 0.2}`` -> ``"mixup=0.2"``."""
+    return ",".join(f"{k}={v:g}" for k, v in options.items()) or "baseline"
+
+
 def _recipe_run(base: torch.nn.Module, name: str, loaders: list[TensorLoader], *, epochs: int,
-                seed: int, device: str) -> dict[str, Any]:
+                seed: int, device: str, options: dict[str, float] | None = None) -> dict[str, Any]:
     """Fine-tune a copy of ``base`` with recipe ``name``; return its accuracies and time."""
     train, val, test = loaders
     model = copy.deepcopy(base)
@@ -92,12 +131,14 @@ def _recipe_run(base: torch.nn.Module, name: str, loaders: list[TensorLoader], *
     torch.manual_seed(seed)
     # restore_best=False: test the last epoch's model, as the tables were measured.
     result = tk.fine_tune(model, train, val, recipe=name, epochs=epochs, device=device,
-                          seed=seed, progress=False, channels_last=fast, restore_best=False)
+                          seed=seed, progress=False, channels_last=fast, restore_best=False,
+                          **(options or {}))
     assert result.trainer is not None  # fine_tune always returns its last Trainer
     test_acc = result.trainer.evaluate(test)["acc"]
     phases = [r["phase"] for r in result.history]
     return {
         "recipe": name,
+        "variant": variant_name(options or {}),
         "summary": tk.RECIPES[name].summary,
         "epochs": len(phases),
         "probe_epochs": phases.count("probe"),
@@ -112,21 +153,25 @@ def _recipe_run(base: torch.nn.Module, name: str, loaders: list[TensorLoader], *
 
 def run(recipes: Sequence[str], *, n_train: int, n_val: int, n_test: int, size: int,
         epochs: int, batch_size: int, seed: int, pretrained: bool, device: str,
-        synthetic_ok: bool) -> dict[str, Any]:
+        synthetic_ok: bool, variants: Sequence[dict[str, float]] = ({},)) -> dict[str, Any]:
     """Run every recipe of ``recipes`` on the same model, data and budget; return the record."""
     loaders, source, counts = _loaders(n_train=n_train, n_val=n_val, n_test=n_test, size=size,
                                        batch_size=batch_size, seed=seed,
                                        synthetic_ok=synthetic_ok)
     base, pretrained = _model(pretrained, seed)
     rows = []
-    for i, name in enumerate(recipes, 1):
-        log.info("recipe %d/%d: %s", i, len(recipes), name)
-        rows.append(_recipe_run(base, name, loaders, epochs=epochs, seed=seed, device=device))
-        log.info("%s: test acc %.4f in %.1f s", name, rows[-1]["test_acc"], rows[-1]["seconds"])
+    runs = [(name, options) for name in recipes for options in variants]
+    for i, (name, options) in enumerate(runs, 1):
+        log.info("run %d/%d: %s %s", i, len(runs), name, variant_name(options))
+        rows.append(_recipe_run(base, name, loaders, epochs=epochs, seed=seed, device=device,
+                                options=options))
+        log.info("%s %s: test acc %.4f in %.1f s", name, rows[-1]["variant"],
+                 rows[-1]["test_acc"], rows[-1]["seconds"])
     return {"model": MODEL, "pretrained": pretrained, "data": source, "n_train": counts[0],
             "n_val": counts[1], "n_test": counts[2], "size": size, "epochs": epochs,
             "batch_size": batch_size, "seed": seed, "device": device,
-            "channels_last": torch.device(device).type == "cpu", "rows": rows, **machine()}
+            "channels_last": torch.device(device).type == "cpu",
+            "variants": [variant_name(v) for v in variants], "rows": rows, **machine()}
 
 
 def print_table(r: dict[str, Any]) -> None:
@@ -141,14 +186,19 @@ def print_table(r: dict[str, Any]) -> None:
     print(f"Machine: {r['cpu']}, {r['cpus']} CPUs, torch threads {r['torch_threads']}, "
           f"load average {load}; {r['date']}. One run per recipe. test acc: the last "
           "epoch's model; fine_tune s: the whole call, feature extraction included.")
-    print(f"{'recipe':<13} | {'epochs':>6} | {'trainable':>18} | {'test acc':>8} | "
+    varied = any(row["variant"] != "baseline" for row in r["rows"])
+    width = max([len("variant")] + [len(row["variant"]) for row in r["rows"]])
+    head = f" | {'variant':<{width}}" if varied else ""
+    print(f"{'recipe':<13}{head} | {'epochs':>6} | {'trainable':>18} | {'test acc':>8} | "
           f"{'best val':>8} | {'last val':>8} | {'fine_tune s':>11}")
     for row in r["rows"]:
         epochs = (f"{row['probe_epochs']}+{row['epochs'] - row['probe_epochs']}"
                   if row["recipe"] == "lp_ft" else str(row["epochs"]))
         share = 100 * row["trainable_params"] / row["total_params"]
         trainable = f"{row['trainable_params']:,} ({share:.1f}%)"
-        print(f"{row['recipe']:<13} | {epochs:>6} | {trainable:>18} | {row['test_acc']:>8.4f} | "
+        variant = f" | {row['variant']:<{width}}" if varied else ""
+        print(f"{row['recipe']:<13}{variant} | {epochs:>6} | {trainable:>18} | "
+              f"{row['test_acc']:>8.4f} | "
               f"{row['best_val_acc']:>8.4f} | {row['last_val_acc']:>8.4f} | "
               f"{row['seconds']:>11.1f}")
     print("trainable: parameters with requires_grad when fine_tune returns, of "
@@ -173,7 +223,14 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--no-pretrained", action="store_true", help="random init")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=1, help="torch.set_num_threads")
+    parser.add_argument("--variants", default=None,
+                        help="';'-separated Trainer options run for each recipe, e.g. "
+                             "'baseline;mixup=0.2;cutmix=1.0;label_smoothing=0.1'")
     args = parser.parse_args(argv)
+    try:
+        variants = parse_variants(args.variants)
+    except ValueError as exc:
+        parser.error(str(exc))
     known = tk.list_recipes()
     recipes = known if args.recipes is None else [s.strip() for s in args.recipes.split(",")]
     for name in recipes:
@@ -197,7 +254,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
     torch.set_num_threads(args.threads)
     result = run(recipes, **settings, batch_size=args.batch_size, seed=args.seed,
-                 pretrained=not args.no_pretrained, device=args.device, synthetic_ok=args.quick)
+                 pretrained=not args.no_pretrained, device=args.device, synthetic_ok=args.quick,
+                 variants=variants)
     print_table(result)
     print_result(result)
     return result

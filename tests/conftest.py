@@ -13,6 +13,7 @@ import torch
 import transferkit.backbones.hf_hub as H
 import transferkit.backbones.registry as R
 import transferkit.backbones.weights as W
+from transferkit.train.callbacks import Callback
 
 
 @pytest.fixture
@@ -82,3 +83,20 @@ class Damage:
 def damage() -> type[Damage]:
     """Helpers that damage files in place (see :class:`Damage`)."""
     return Damage
+
+
+class InterruptAt(Callback):
+    """A callback that acts as if Ctrl-C arrived during optimizer step ``step``."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_batch_end(self, trainer) -> None:
+        if trainer.step == self.step - 1:
+            trainer._sigint = True
+
+
+@pytest.fixture
+def interrupt_at() -> type[InterruptAt]:
+    """The :class:`InterruptAt` callback class (interrupt a run at an optimizer step)."""
+    return InterruptAt

@@ -69,7 +69,21 @@ def test_quick_runs_the_named_recipes_only(tmp_path: Path) -> None:
     assert all(row["epochs"] == 1 for row in result["rows"])
 
 
+def test_quick_runs_each_variant_of_a_recipe(tmp_path: Path) -> None:
+    lines, result = _result(_run(tmp_path, "--recipes", "full", "--epochs", "1", "--variants",
+                                 "baseline;mixup=0.2,label_smoothing=0.1"))
+    assert result["variants"] == ["baseline", "mixup=0.2,label_smoothing=0.1"]
+    rows = result["rows"]
+    assert [(r["recipe"], r["variant"]) for r in rows] == [
+        ("full", "baseline"), ("full", "mixup=0.2,label_smoothing=0.1")]
+    table = [line.split("|") for line in lines if line.startswith("full ")]
+    assert [cells[1].strip() for cells in table] == ["baseline", "mixup=0.2,label_smoothing=0.1"]
+
+
 @pytest.mark.parametrize(("args", "message"), [
+    (("--variants", "mixup=0.2;mixup=0.2"), "--variants names 'mixup=0.2' twice"),
+    (("--variants", "mixp=0.2"), "unknown variant option 'mixp'"),
+    (("--variants", "cutmix=big"), "cutmix='big' in 'cutmix=big' is not a number"),
     (("--recipes", "full,lp-ft"), "unknown recipe 'lp-ft'; valid: full, linear_probe, lp_ft"),
     (("--recipes", "lp-ft"), "Did you mean 'lp_ft'?"),
     (("--recipes", "full,full"), "names a recipe twice"),

@@ -606,3 +606,63 @@ def test_required_options_may_come_from_either_place(capsys, tmp_path) -> None:
     assert code == 2 and "required: --data, --out (on the command line or in --config)" in err
     code = main(["train", "--config", str(tmp_path / "missing.toml"), "--out", "x"])
     assert code == 2 and "missing.toml' does not exist" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------- multi-label, mixing
+def _multi_label_folder(root: Path) -> Path:
+    """Images of red and/or blue stripes; labels.csv says which colours each one holds."""
+    (root / "img").mkdir(parents=True)
+    rows = ["file,labels"]
+    for i in range(16):
+        names = [("red", "blue")[i % 2]] + (["blue"] if i % 4 == 0 else [])
+        image = Image.new("RGB", (16, 16), (0, 0, 0))
+        for name in names:
+            image.paste((250, 0, 0) if name == "red" else (0, 0, 250),
+                        (0, 0, 8, 16) if name == "red" else (8, 0, 16, 16))
+        image.save(root / "img" / f"{i}.png")
+        rows.append(f"img/{i}.png,{' '.join(names)}")
+    (root / "labels.csv").write_text("\n".join(rows) + "\n")
+    return root
+
+
+def test_multi_label_training_with_mixing_smoothing_and_weights(capsys, tmp_path) -> None:
+    data, out = _multi_label_folder(tmp_path / "data"), tmp_path / "run"
+    code, stdout, err = run(capsys, "train", "--data", data, "--labels", data / "labels.csv",
+                            "--out", out, "--mixup", "0.2", "--cutmix", "1.0",
+                            "--label-smoothing", "0.1", "--class-weights", "balanced",
+                            *_fast("--epochs", "2", "--recipe", "full", "--batch-size", "4"))
+    assert code == 0, err
+    assert "val_map=" in stdout and "val_f1=" in stdout
+    _, meta = load_model(out / "model.safetensors")
+    assert meta.class_names == ("blue", "red") and meta.extra["task"] == "multi_label"
+    assert 0.0 <= meta.extra["val_map"] <= 1.0 and meta.extra["val_count"] == 3
+    history = json.loads((out / "history.json").read_text())
+    assert {"train_f1", "val_map", "val_f1"} <= set(history[0])
+    report = (out / "report.md").read_text()
+    assert "## Per class" in report and "| class | ap | f1 | support |" in report
+    assert "class_weights='balanced' (inverse class frequency): " in report
+    written = (out / "config.toml").read_text().splitlines()
+    for line in ("mixup = 0.2", "cutmix = 1.0", "label-smoothing = 0.1",
+                 'class-weights = "balanced"', f'labels = "{data / "labels.csv"}"'):
+        assert line in written, line
+    # predict gives each class its own sigmoid probability (they need not sum to 1).
+    Image.new("RGB", (16, 16), (250, 0, 0)).save(tmp_path / "red.png")
+    code, stdout, err = run(capsys, "predict", out / "model.safetensors", tmp_path / "red.png",
+                            "--topk", "2", "--format", "json")
+    assert code == 0, err
+    model, meta = load_model(out / "model.safetensors")
+    pixel = torch.tensor([250.0, 0.0, 0.0]).view(1, 3, 1, 1) / 255
+    x = (pixel - torch.tensor(meta.mean).view(1, 3, 1, 1)) / torch.tensor(meta.std).view(
+        1, 3, 1, 1)
+    with torch.no_grad():
+        expected = model(x.expand(1, 3, *meta.image_size)).sigmoid()[0]
+    got = {p["class"]: p["prob"] for p in json.loads(stdout)[0]["predictions"]}
+    for i, name in enumerate(meta.class_names):
+        assert got[name] == pytest.approx(float(expected[i]), abs=1e-5)
+
+
+def test_labels_with_fashion_mnist_is_an_error(capsys, tmp_path) -> None:
+    code, _, err = run(capsys, "train", "--data", "fashion-mnist", "--labels", tmp_path / "l.csv",
+                       "--out", tmp_path / "o", *_fast())
+    assert code == 1
+    assert_one_line_error(err, "--val, --test and --labels apply to image folders")

@@ -198,7 +198,9 @@ def test_labels_outside_num_classes_are_rejected():
         (torch.zeros(3, 28, 28, 3, dtype=torch.uint8), torch.zeros(3, dtype=torch.long),
          "permute"),
         (torch.zeros(3, 4, 4, dtype=torch.int32), torch.zeros(3, dtype=torch.long), "int32"),
-        (torch.zeros(3, 4, 4, dtype=torch.uint8), torch.zeros(3, 10), "argmax"),
+        (torch.zeros(3, 4, 4, dtype=torch.uint8), torch.zeros(3, 10, dtype=torch.long),
+         r"labels\.float\(\)"),
+        (torch.zeros(3, 4, 4, dtype=torch.uint8), torch.zeros(3, 2, 5), "soft or multi-hot"),
         ([[1]], torch.zeros(1, dtype=torch.long), "torch.as_tensor"),
     ],
 )
@@ -263,3 +265,17 @@ def test_errors_are_value_errors():
         TensorLoader(images, labels[:3])
     with pytest.raises(ValueError):
         TensorLoader(images, labels, batch_size=0)
+
+
+def test_soft_and_multi_hot_targets_are_served_as_stored():
+    images = torch.randint(0, 256, (5, 1, 4, 4), dtype=torch.uint8)
+    targets = torch.tensor([[1.0, 1.0, 0.0], [0.0, 0.0, 1.0], [0.2, 0.3, 0.5],
+                            [0.0, 0.0, 0.0], [1.0, 0.0, 1.0]])
+    loader = TensorLoader(images, targets, batch_size=2, shuffle=True, seed=3, num_classes=3)
+    order = loader.indices(0)
+    served = torch.cat([y for _, y in loader])
+    assert torch.equal(served, targets[order]) and torch.equal(loader.labels, targets)
+    with pytest.raises(DataError, match="3 columns but num_classes=4"):
+        TensorLoader(images, targets, num_classes=4)
+    with pytest.raises(DataError, match="NaN or infinite"):
+        TensorLoader(images, targets * float("nan"))

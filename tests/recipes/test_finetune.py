@@ -20,7 +20,7 @@ from transferkit.recipes import (
     fine_tune,
     list_recipes,
 )
-from transferkit.recipes.l2sp import L2SPLoss
+from transferkit.recipes.l2sp import L2SP
 
 SIZE = 16
 STATS = {"mean": (0.286,), "std": (0.353,)}
@@ -253,15 +253,16 @@ def test_full_and_l2sp_train_everything(fmnist):
         groups = {g["name"]: g["initial_lr"] for g in result.trainer.optimizer.param_groups}
         assert groups["head"] == pytest.approx(RECIPES[recipe].lr)
         assert groups["body/no_decay"] == pytest.approx(RECIPES[recipe].body_lr)
-    assert isinstance(result.trainer.loss_fn, L2SPLoss)
-    assert result.trainer.loss_fn.penalty.alpha == L2SP_ALPHA
+    # L2-SP is a penalty beside the task's loss, so it composes with any loss.
+    assert isinstance(result.trainer.penalty, L2SP)
+    assert result.trainer.penalty.alpha == L2SP_ALPHA
 
 
 def test_l2sp_argument_adds_the_penalty_to_any_recipe():
     model = _model()
     data = [(torch.randn(4, 1, SIZE, SIZE), torch.tensor([0, 1, 2, 3]))]
     result = fine_tune(model, data, recipe="bitfit", epochs=1, device="cpu", l2sp=0.5)
-    assert result.trainer.loss_fn.penalty.alpha == 0.5
+    assert result.trainer.penalty.alpha == 0.5
 
 
 def test_llrd_decays_the_lr_stage_by_stage():

@@ -335,3 +335,25 @@ def test_missing_matplotlib_logs_one_warning(
     # bad input still fails loudly without matplotlib
     with pytest.raises(DataError, match="history is empty"):
         plot_history([], tmp_path / "c.png")
+
+
+# ----------------------------------------------------------------- multi-label runs
+def test_multilabel_run_report_has_metrics_per_class_rows_and_curves(tmp_path: Path) -> None:
+    from transferkit.report import write_multilabel_run_report
+
+    history = [{"epoch": 1, "lr": 1e-3, "val_f1": 0.5, "train_f1": 0.25, "val_map": 0.625,
+                "train_loss": 0.75, "val_loss": 0.5, "time": 1.0}]
+    path = write_multilabel_run_report(
+        tmp_path, title="multi", facts={"backbone": "x"}, history=history,
+        metrics={"test_map": 0.75, "test_f1": 0.5, "test_count": 4},
+        per_class={"ap": [1.0, float("nan")], "f1": [0.5, 0.0], "support": [3, 0]},
+        class_names=["cat", "dog"], notes=["a note"])
+    text = path.read_text()
+    assert "| epoch | train_loss | train_f1 | val_loss | val_map | val_f1 | lr | time |" in text
+    assert "| test_map | 0.7500 |" in text and "| test_count | 4 |" in text
+    per_class = text.index("## Per class")
+    assert text.index("## Test") < per_class < text.index("## Plots")
+    assert "| cat | 1.0000 | 0.5000 | 3 |" in text and "| dog | nan | 0.0000 | 0 |" in text
+    assert "Confusion" not in text and "- a note" in text
+    if plots.matplotlib_available():
+        assert _png_size(tmp_path / "curves.png") == plots.HISTORY_SIZE

@@ -173,3 +173,16 @@ def test_ddp_respects_the_users_samplers(tmp_path):
         )
     # Stopped mid-epoch and resumed: the same parameters as a straight run.
     assert [r["resume"] for r in ranks] == [{"stopped_at": [8, 3], "steps": 15, "same": True}] * 2
+
+
+def test_ddp_multi_label_metrics_are_those_of_the_whole_split(tmp_path):
+    torchrun("ddp_multilabel.py", tmp_path)
+    result = json.loads((tmp_path / "multilabel.json").read_text())
+    assert result["count"] == 23  # an odd split, every sample once
+    # mAP ranks every sample: the gathered logits give the single-process value.
+    assert result["map"] == pytest.approx(result["expected_map"], abs=1e-6)
+    assert result["f1"] == pytest.approx(result["expected_f1"], abs=1e-6)
+    assert {"train_f1", "val_map", "val_f1"} <= set(result["history_keys"])
+    # Balanced weights are counted on the whole train set, the same on every rank.
+    assert result["same_weights"] is True
+    assert result["weights"] == pytest.approx(result["expected_weights"])

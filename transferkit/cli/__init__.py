@@ -161,6 +161,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="draw the training batches class-balanced, with replacement")
     p.add_argument("--tensorboard", default=None, metavar="DIR",
                    help="also log to TensorBoard in DIR (pip install tensorboard)")
+    p.add_argument("--labels", default=None, metavar="FILE",
+                   help="multi-label: a .csv/.json labels file (image file -> labels) of the "
+                        "images in --data; --val/--test then name labels files too")
+    for flag, meta, what in (("--mixup", "ALPHA", "MixUp's alpha, e.g. 0.2"),
+                             ("--cutmix", "ALPHA", "CutMix's alpha, e.g. 1.0"),
+                             ("--label-smoothing", "EPS", "label smoothing, e.g. 0.1")):
+        p.add_argument(flag, type=float, default=None, metavar=meta, help=f"{what} (default off)")
+    p.add_argument("--class-weights", choices=("balanced",), default=None,
+                   help="weigh the loss by inverse class frequency (default off)")
     p.set_defaults(func=train.cmd_train, parser=p)
 
     p = sub.add_parser("predict", parents=[common], help="classify images",

@@ -31,7 +31,7 @@ __all__ = ["CONFIG_NAME", "config_argv", "write_config"]
 CONFIG_NAME = "config.toml"
 #: Options that are not part of a run's configuration.
 _NOT_CONFIG = frozenset({"config", "verbose", "func", "command", "resume"})
-_PATHS = frozenset({"data", "val", "test", "weights", "tensorboard"})
+_PATHS = frozenset({"data", "val", "test", "weights", "tensorboard", "labels"})
 _NOT_PATHS = frozenset({"fashion-mnist", "imagenet", "none"})
 
 

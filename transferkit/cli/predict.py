@@ -10,6 +10,8 @@
   unreadable file instead, before anything is written.
 - **Output**: ``text`` (``path<TAB>class<TAB>probability``), ``csv`` or ``json``, on
   stdout or in ``--output FILE``, written atomically once every image is classified.
+  The probabilities are the softmax of the logits, or for a multi-label model (``train
+  --labels``: ``task`` in the model file) each class's sigmoid, independent of the others.
 - **Model**: a model file (``model.safetensors``). A training checkpoint (``best.pt``,
   ``last.pt``) lacks the backbone, class names and preprocessing needed to rebuild the
   model: it is recognised (read with ``weights_only=True``) and the error names the model
@@ -144,6 +146,7 @@ def _classify(model: nn.Module, meta: ModelMeta, inputs: Iterator[tuple[str, str
     mean = torch.tensor(meta.mean).view(1, -1, 1, 1)
     std = torch.tensor(meta.std).view(1, -1, 1, 1)
     k = min(topk, meta.num_classes)
+    multi_label = meta.extra.get("task") == "multi_label"
     results: list[tuple[str, list[tuple[str, float]]]] = []
     skipped: list[str] = []
     batch: list[tuple[str, torch.Tensor]] = []
@@ -151,7 +154,8 @@ def _classify(model: nn.Module, meta: ModelMeta, inputs: Iterator[tuple[str, str
     def run_batch() -> None:
         x = torch.stack([t for _, t in batch]).float().div_(255)
         with torch.no_grad():
-            probs = model(((x - mean) / std).to(device)).float().softmax(-1).cpu()
+            logits = model(((x - mean) / std).to(device)).float().cpu()
+        probs = logits.sigmoid() if multi_label else logits.softmax(-1)
         top = probs.topk(k, dim=-1)
         for i, (path, _) in enumerate(batch):
             results.append((path, [(meta.class_names[int(c)], float(p))

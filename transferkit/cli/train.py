@@ -1,11 +1,12 @@
 """``transferkit train``: fine-tune a backbone on an image folder or FashionMNIST.
 
 A thin shell over :func:`transferkit.recipes.fine_tune`: it reads the data (split folders,
-``--val``/``--test`` folders, or FashionMNIST), chooses what only the files can tell (the
-stored image size and the number of channels, from the images' headers), hands the tensors
-to ``fine_tune`` (which chooses the rest from the data) and writes the model file, the
-history and ``report.md``. A test split, when there is one, is evaluated once, at the end,
-with the weights the model ends with (the best on validation).
+``--val``/``--test`` folders, a multi-label ``--labels`` file, or FashionMNIST), chooses
+what only the files can tell (the stored image size and the number of channels, from the
+images' headers), hands the tensors to ``fine_tune`` (which chooses the rest from the
+data) and writes the model file, the history and ``report.md``. A test split, when there
+is one, is evaluated once, at the end, with the weights the model ends with (the best on
+validation).
 """
 
 from __future__ import annotations
@@ -30,12 +31,14 @@ from transferkit.data import (
     image_stats,
     list_images,
     load_image_folder,
+    load_image_labels,
     stratified_val_mask,
 )
 from transferkit.errors import ConfigError, DataError
 from transferkit.recipes import DEFAULT_RECIPE, Choice, check_recipe, fine_tune, image_size_choice
-from transferkit.report import plot_lr_find, write_run_report
+from transferkit.report import plot_lr_find, write_multilabel_run_report, write_run_report
 from transferkit.train import LRFindResult, TensorBoardLogger
+from transferkit.train.multilabel_metrics import per_class_scores
 
 __all__ = ["FASHION_MNIST", "FASHION_VAL_FRACTION", "cmd_train"]
 
@@ -59,9 +62,10 @@ class _Data:
 def _fashion(args: argparse.Namespace, choices: list[Choice]) -> _Data:
     if args.in_chans not in (None, 1):
         raise ConfigError("FashionMNIST is grayscale: use --in-chans 1 (or leave it out).")
-    if args.val is not None or args.test is not None:
-        raise ConfigError("--val and --test apply to image folders; FashionMNIST has its own "
-                          "test split and a validation split taken from its training images.")
+    if args.val is not None or args.test is not None or args.labels is not None:
+        raise ConfigError("--val, --test and --labels apply to image folders; FashionMNIST has "
+                          "its own labels, test split and a validation split taken from its "
+                          "training images.")
     fm = fashion_mnist()
     fraction = FASHION_VAL_FRACTION if args.val_fraction is None else args.val_fraction
     images, labels = fm.train_images.unsqueeze(1), fm.train_labels
@@ -99,9 +103,14 @@ def _folder(args: argparse.Namespace, choices: list[Choice]) -> _Data:
     size, in_chans = _survey(args, choices)
     with warnings.catch_warnings(record=True):  # the CLI reports skipped files itself
         warnings.simplefilter("always")
-        data = load_image_folder(args.data, image_size=size, in_chans=in_chans,
-                                 val_fraction=args.val_fraction, seed=args.seed,
-                                 val=args.val, test=args.test)
+        if args.labels is not None:
+            data = load_image_labels(args.labels, root=args.data, image_size=size,
+                                     in_chans=in_chans, val_fraction=args.val_fraction,
+                                     seed=args.seed, val=args.val, test=args.test)
+        else:
+            data = load_image_folder(args.data, image_size=size, in_chans=in_chans,
+                                     val_fraction=args.val_fraction, seed=args.seed,
+                                     val=args.val, test=args.test)
     if data.skipped:
         names = ", ".join(repr(s) for s in data.skipped[:_SHOW_SKIPPED])
         more = f" and {len(data.skipped) - _SHOW_SKIPPED} more" if len(
@@ -151,6 +160,27 @@ def _write_lr_find(out: Path, sweep: LRFindResult) -> str:
     return f"{sweep.describe()}; the sweep in lr_find.json, {plot}"
 
 
+def _multilabel_report(out: Path, result: Any, loader: TensorLoader, labels: torch.Tensor,
+                       classes: tuple[str, ...], split: str, *, title: str,
+                       facts: dict[str, Any], settings: list[Choice],
+                       seconds: float) -> dict[str, float]:
+    """Evaluate a multi-label run on ``split``; write its report; return its metrics."""
+    trainer = result.trainer
+    scores = per_class_scores(trainer.predict(loader, probs=False), labels,
+                              threshold=trainer.threshold)
+    found = trainer.evaluate(loader)
+    metrics = {f"{split}_map": found["map"], f"{split}_f1": found["f1"],
+               f"{split}_count": int(found["count"])}
+    facts["threshold"] = trainer.threshold
+    facts["wall time (s)"] = round(seconds, 1)
+    write_multilabel_run_report(out, title=title, facts=facts, history=result.history,
+                                metrics=metrics, class_names=classes, settings=settings,
+                                notes=result.notes, per_class={
+                                    "ap": scores["ap"].tolist(), "f1": scores["f1"].tolist(),
+                                    "support": scores["support"].tolist()})
+    return metrics
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     """Fine-tune, test and write ``args.out/model.safetensors`` and ``report.md``."""
     start = time.perf_counter()
@@ -177,7 +207,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         body_lr=args.body_lr, batch_size=args.batch_size, image_size=size,
         augment=args.augment, freeze_stages=args.freeze_stages, precision=args.precision,
         patience=args.patience, resume=args.resume, out_dir=out, device=args.device,
-        seed=args.seed, balanced=args.balanced, callbacks=loggers)
+        seed=args.seed, balanced=args.balanced, callbacks=loggers,
+        **{k: v for k in ("mixup", "cutmix", "label_smoothing", "class_weights")
+           if (v := getattr(args, k)) is not None})
     if result.lr_find is not None:
         result.notes.append(_write_lr_find(out, result.lr_find))
     settings = choices + result.settings
@@ -193,16 +225,23 @@ def cmd_train(args: argparse.Namespace) -> int:
     if pair is not None:
         loader = TensorLoader(*pair, batch_size=256, image_size=size, mean=info.mean,
                               std=info.std, num_classes=len(data.classes))
-        probs = result.trainer.predict(loader)
-        facts["wall time (s)"] = round(time.perf_counter() - start, 1)
-        _, metrics = write_run_report(
-            out, title=f"{args.backbone} fine-tuned on {args.data}", facts=facts,
-            history=result.history, probs=probs, labels=pair[1], images=pair[0],
-            class_names=data.classes, split=split, settings=settings, notes=result.notes)
+        title = f"{args.backbone} fine-tuned on {args.data}"
+        if result.trainer.task == "multi_label":
+            metrics = _multilabel_report(out, result, loader, pair[1], data.classes, split,
+                                         title=title, facts=facts, settings=settings,
+                                         seconds=time.perf_counter() - start)
+        else:
+            probs = result.trainer.predict(loader)
+            facts["wall time (s)"] = round(time.perf_counter() - start, 1)
+            _, metrics = write_run_report(
+                out, title=title, facts=facts, history=result.history, probs=probs,
+                labels=pair[1], images=pair[0], class_names=data.classes, split=split,
+                settings=settings, notes=result.notes)
     else:
         log.warning("no validation or test images: report.md not written")
     extra = {"recipe": recipe, "data": str(args.data), "splits": data.sources,
-             "settings": [str(s) for s in settings],
+             "settings": [str(s) for s in settings], "task": result.trainer.task,
+             "threshold": result.trainer.threshold,
              "seconds": round(float(result.seconds), 3), **metrics}
     path = save_model(result.model, out / "model.safetensors", backbone=args.backbone,
                       class_names=data.classes, image_size=size, extra=extra)

@@ -8,6 +8,7 @@ The code lives in one module per idea:
 - :mod:`transferkit.data.balanced`: class-balanced sampling (:class:`BalancedSampler`);
 - :mod:`transferkit.data.folder_layout`: which folder of a user's image folder holds which split;
 - :mod:`transferkit.data.image_folder`: a user's image folder, loaded into memory;
+- :mod:`transferkit.data.image_labels`: multi-label images listed in a labels file;
 - :mod:`transferkit.data.image_files`: which files under a folder are images;
 - :mod:`transferkit.data.image_stats`: their size and colour, from their headers.
 
@@ -35,6 +36,7 @@ from transferkit.data.image_folder import (
     load_image_folder,
     stratified_val_mask,
 )
+from transferkit.data.image_labels import LABEL_FILE_TYPES, load_image_labels, read_labels_file
 from transferkit.data.image_stats import GREY_MODES, ImageStats, image_stats
 from transferkit.data.pipeline import TensorLoader
 
@@ -43,6 +45,7 @@ __all__ = [
     "DEFAULT_VAL_FRACTION",
     "FASHION_MNIST_CLASSES",
     "IMG_EXTENSIONS",
+    "LABEL_FILE_TYPES",
     "LAYOUTS",
     "SPLIT_NAMES",
     "Augment",
@@ -64,6 +67,8 @@ __all__ = [
     "image_stats",
     "list_images",
     "load_image_folder",
+    "load_image_labels",
     "read_idx",
+    "read_labels_file",
     "stratified_val_mask",
 ]

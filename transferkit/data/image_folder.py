@@ -62,6 +62,8 @@ class SplitSource:
         fraction: For validation split from train at random: the fraction of each class
             held out; ``None`` for a split read from its own folder.
         seed: The seed of that random split; ``None`` for a split read from a folder.
+        stratified: Whether that split took the same fraction of each class (single-label
+            folders) or of the whole (multi-label labels files).
 
     Example:
         >>> str(SplitSource("data/val", 120))
@@ -74,13 +76,15 @@ class SplitSource:
     count: int
     fraction: float | None = None
     seed: int | None = None
+    stratified: bool = True
 
     def __str__(self) -> str:
         if self.fraction is None:
             return f"{self.folder} ({self.count} images)"
         if self.fraction == 0:
             return "none (val_fraction=0)"
-        return (f"{self.fraction * 100:g}% of train, stratified, seed {self.seed} "
+        how = "stratified" if self.stratified else "at random"
+        return (f"{self.fraction * 100:g}% of train, {how}, seed {self.seed} "
                 f"({self.count} images)")
 
 
@@ -90,7 +94,9 @@ class ImageFolderData:
 
     Attributes:
         train_images: ``uint8`` tensor ``[N_train, C, H, W]``.
-        train_labels: ``int64`` tensor ``[N_train]``.
+        train_labels: ``int64`` tensor ``[N_train]``; from a labels file
+            (:func:`~transferkit.data.image_labels.load_image_labels`), float32 multi-hot
+            ``[N_train, len(classes)]`` (the same for the other splits' labels).
         val_images: ``uint8`` tensor ``[N_val, C, H, W]`` (``N_val`` may be 0).
         val_labels: ``int64`` tensor ``[N_val]``.
         classes: Class names, indexed by label (sorted folder names).
@@ -98,8 +104,8 @@ class ImageFolderData:
         root: The folder read.
         test_images: ``uint8`` tensor ``[N_test, C, H, W]``; ``None`` without a test split.
         test_labels: ``int64`` tensor ``[N_test]``; ``None`` without a test split.
-        layout: How ``root`` was read: ``"classes"`` (``root/<class>``) or ``"split"``
-            (``root/train/<class>``...).
+        layout: How ``root`` was read: ``"classes"`` (``root/<class>``), ``"split"``
+            (``root/train/<class>``...) or ``"labels"`` (a labels file, multi-label).
         sources: Where each split came from: ``"train"``, ``"val"`` and, when present,
             ``"test"`` map to a :class:`SplitSource`.
     """

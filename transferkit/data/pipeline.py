@@ -74,16 +74,27 @@ def _check_images(images: torch.Tensor) -> torch.Tensor:
 def _check_labels(labels: torch.Tensor, n: int, num_classes: int | None) -> torch.Tensor:
     if not isinstance(labels, torch.Tensor):
         labels = torch.as_tensor(labels)
-    if labels.dim() != 1 or labels.dtype.is_floating_point or labels.dtype == torch.bool:
+    targets = labels.dim() == 2 and labels.dtype.is_floating_point
+    if not targets and (labels.dim() != 1 or labels.dtype.is_floating_point
+                        or labels.dtype == torch.bool):
         raise DataError(
-            f"labels must be a 1-D integer tensor, got shape {tuple(labels.shape)} and "
-            f"dtype {labels.dtype}; for one-hot labels pass labels.argmax(1)."
+            f"labels must be a 1-D integer tensor of class indices, or a [N, num_classes] "
+            f"float tensor of soft or multi-hot targets; got shape {tuple(labels.shape)} and "
+            f"dtype {labels.dtype}. Convert 0/1 integer or bool targets with labels.float()."
         )
     if labels.shape[0] != n:
         raise DataError(
             f"labels and images differ in length: {labels.shape[0]} labels for {n} images. "
             f"Pass one label per image."
         )
+    if targets:
+        if num_classes is not None and labels.shape[1] != num_classes:
+            raise DataError(
+                f"labels have {labels.shape[1]} columns but num_classes={num_classes}; "
+                "[N, num_classes] targets need one column per class.")
+        if not bool(torch.isfinite(labels).all()):
+            raise DataError("labels hold NaN or infinite targets; fix them.")
+        return labels.float()
     labels = labels.long()
     if num_classes is not None:
         bad = (labels < 0) | (labels >= num_classes)
@@ -118,7 +129,9 @@ class TensorLoader:
 
     Args:
         images: ``uint8`` (0..255) or float (0..1) tensor ``[N, H, W]`` or ``[N, C, H, W]``.
-        labels: Integer tensor ``[N]``.
+        labels: Integer tensor ``[N]`` of class indices, or float ``[N, num_classes]``
+            soft or multi-hot targets (multi-label data, see
+            :func:`~transferkit.data.image_labels.load_image_labels`).
         batch_size: Samples per batch (per rank).
         shuffle: Draw a new permutation every epoch (else the stored order).
         balanced: Draw every epoch's samples class-balanced instead, with replacement
@@ -263,6 +276,11 @@ class TensorLoader:
         clone.rank, clone.world_size, clone.seed = rank, world, int(clone.seed)
         clone.epoch, clone._start_batch, clone._resize_cache = 0, 0, {}
         return clone
+
+    @property
+    def labels(self) -> torch.Tensor:
+        """Every label of the data set (all ranks), as stored: ``[N]`` or ``[N, C]``."""
+        return self._labels
 
     @property
     def output_size(self) -> tuple[int, int]:

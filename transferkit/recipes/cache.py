@@ -200,7 +200,8 @@ def cache_inputs(
 
     Returns:
         ``(inputs, labels)``: float32 ``[N, *S]`` (each sample's input of ``module``) and
-        int64 ``[N]``, both on the CPU.
+        int64 ``[N]`` class indices (or the float32 ``[N, C]`` soft or multi-hot targets as
+        given), both on the CPU.
 
     Raises:
         DataError: ``data`` is empty or not made of ``(inputs, targets)`` batches, or
@@ -242,13 +243,19 @@ def cache_inputs(
                         "its input needs a model that calls it exactly once."
                     )
                 feats.append(captured[0].float().cpu().contiguous())
-                labels.append(torch.as_tensor(batch[1]).reshape(-1).cpu().long())
+                labels.append(_labels(batch[1]))
     finally:
         for mod, mode in modes.items():  # every module's own mode, not just the root's
             mod.training = mode
     if not feats:
         raise DataError("caching got no batches; pass a non-empty loader.")
     return torch.cat(feats), torch.cat(labels)
+
+
+def _labels(targets: Any) -> torch.Tensor:
+    """A batch's targets on the CPU: class indices as int64 ``[B]``, others float32 ``[B, C]``."""
+    y = torch.as_tensor(targets).cpu()
+    return y.float() if y.is_floating_point() and y.dim() == 2 else y.reshape(-1).long()
 
 
 def extract_features(

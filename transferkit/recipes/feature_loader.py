@@ -35,7 +35,7 @@ class FeatureLoader:
 
     Args:
         features: ``[N, D]`` or ``[N, C, H, W]`` float tensor.
-        labels: ``[N]`` integer tensor.
+        labels: ``[N]`` integer class indices, or ``[N, C]`` float soft or multi-hot targets.
         batch_size: Samples per batch.
         shuffle: A new permutation every epoch (else the stored order).
         seed: Seed of the permutations.
@@ -61,13 +61,15 @@ class FeatureLoader:
             raise DataError(
                 f"features must be a [N, D] or [N, C, H, W] tensor, got shape {shape}."
             )
-        if labels.dim() != 1 or labels.shape[0] != features.shape[0]:
+        if labels.dim() not in (1, 2) or labels.shape[0] != features.shape[0]:
             raise DataError(
-                f"labels must be [N] with N={features.shape[0]}, got {tuple(labels.shape)}."
+                f"labels must be [N] (or [N, C] targets) with N={features.shape[0]}, got "
+                f"{tuple(labels.shape)}."
             )
         if features.shape[0] == 0:
             raise DataError("features is empty (0 samples).")
-        self.features, self.labels = features.float(), labels.long()
+        self.features = features.float()
+        self.labels = labels.float() if labels.dim() == 2 else labels.long()
         self.batch_size, self.shuffle, self.seed = batch_size, shuffle, int(seed)
         self.drop_last, self.order = drop_last, order
         self.epoch, self._start_batch = 0, 0

@@ -39,7 +39,7 @@ from transferkit.recipes.cache import (
 )
 from transferkit.recipes.feature_loader import FeatureLoader, batch_size_of, loader_like
 from transferkit.recipes.inputs import build_inputs, num_samples
-from transferkit.recipes.l2sp import L2SPLoss
+from transferkit.recipes.l2sp import L2SP
 from transferkit.recipes.lr_search import FIND, check_lr, find_phase_lr
 from transferkit.recipes.table import (
     DEFAULT_RECIPE,
@@ -118,6 +118,37 @@ def _check_trainer_kwargs(kwargs: dict[str, Any]) -> None:
             raise ConfigError(
                 f"fine_tune does not take {key}= as a Trainer argument: {_OWNED[key]}."
             )
+
+
+def _check_mixing(kwargs: dict[str, Any], *, recipe: str, cache_features: bool,
+                  freeze_stages: int, alpha: float) -> str | None:
+    """Refuse mixing where a phase trains on cached inputs; return the note for ``lp_ft``.
+
+    Mixup and CutMix mix images. A cache holds the features (or stage outputs) of the
+    images as they are, computed once, so there is nothing to mix: ``linear_probe`` on a
+    cache and ``freeze_stages`` refuse them. ``lp_ft``'s probe fits the head on the clean
+    images (as Kumar et al.); its fine-tuning phase mixes.
+    """
+    if kwargs.get("penalty") is not None and alpha > 0:
+        raise ConfigError(f"l2sp={alpha} adds the L2-SP penalty, but penalty= was given too; "
+                          "pass one of them.")
+    given = [f"{k}={kwargs[k]}" for k in ("mixup", "cutmix") if kwargs.get(k)]
+    if not given:
+        return None
+    what = " and ".join(given)
+    if freeze_stages:
+        raise ConfigError(
+            f"{what} mixes images, but freeze_stages={freeze_stages} trains on the frozen "
+            "stages' output cached once from the unmixed images; pass freeze_stages=0.")
+    if recipe == "linear_probe" and cache_features:
+        raise ConfigError(
+            f"{what} mixes images, but recipe 'linear_probe' trains on features cached once "
+            "from the unmixed images; pass cache_features=False to probe through the frozen "
+            "body, mixing every batch.")
+    if recipe == "lp_ft":
+        return (f"lp_ft: mixing ({what}) in the fine-tuning phase only; the probe fits the "
+                "head on the unmixed images.")
+    return None
 
 
 def _phase_records(history: list[dict[str, Any]], phase: str, offset: int) -> list[dict]:
@@ -222,8 +253,8 @@ def _finetune(model: nn.Module, train: Any, val: Any, *, recipe: str, epochs: in
             log.warning(notes[-1])
     if recipe == "llrd":
         base["layer_decay"] = LAYER_DECAY
-    if l2sp > 0:
-        base["loss_fn"] = L2SPLoss(model, args.get("loss_fn"), alpha=l2sp)
+    if l2sp > 0:  # a penalty beside the task's loss (cross-entropy, BCE, the user's)
+        base["penalty"] = L2SP(model, alpha=l2sp)
     net, train_data, val_data = model, train, val
     if freeze_stages:
         device = select_device(args["device"])
@@ -402,7 +433,11 @@ def fine_tune(
             (``TensorLoader(balanced=True)``; for a loader, use
             :class:`~transferkit.data.BalancedSampler` or that option yourself).
         **trainer_kwargs: Other :class:`~transferkit.train.trainer.Trainer` arguments
-            (``weight_decay``, ``warmup``, ``grad_clip``, ``loss_fn``, ``monitor``...).
+            (``weight_decay``, ``warmup``, ``grad_clip``, ``loss_fn``, ``monitor``, and the
+            targets' ``task``, ``label_smoothing``, ``class_weights``, ``threshold``,
+            ``mixup``, ``cutmix``...). Mixup and CutMix mix images: refused where a phase
+            trains on a cache (``linear_probe`` with ``cache_features``, ``freeze_stages``);
+            ``lp_ft`` mixes in its fine-tuning phase only (said in ``result.notes``).
 
     Returns:
         A :class:`FineTuneResult`.
@@ -473,6 +508,8 @@ def fine_tune(
                           "found (in its result.settings, or the CLI's OUT/config.toml).")
     _validate.flag("cache_features", cache_features)
     _check_trainer_kwargs(trainer_kwargs)
+    mixing_note = _check_mixing(trainer_kwargs, recipe=spec.name, cache_features=cache_features,
+                                freeze_stages=freeze_stages, alpha=alpha)
     settings += _lr_settings(spec, lr_, body_lr_)
     if "channels_last" not in trainer_kwargs and select_device(device).type == "cpu" and \
             is_conv_model(model):
@@ -491,10 +528,13 @@ def fine_tune(
 
     def args_for(phase: str) -> dict[str, Any]:
         out = root / phase if root is not None else None
-        return {**common, **trainer_kwargs, "out_dir": out}
+        args = {**common, **trainer_kwargs, "out_dir": out}
+        if phase == "probe" and spec.name == "lp_ft":
+            args.update(mixup=0.0, cutmix=0.0)  # the probe fits on unmixed images
+        return args
 
     history: list[dict[str, Any]] = []
-    notes: list[str] = []
+    notes: list[str] = [mixing_note] if mixing_note else []
     timings: dict[str, float] = {"cache_s": 0.0}
     trainer: Trainer
     sweeps: list[Any] | None = [] if lr_ == FIND else None
@@ -527,9 +567,15 @@ def fine_tune(
         if not history:  # nothing trained yet: give the model its freezing back
             load_freeze_state(model, before)
         raise
+    if trainer.class_weights is not None and trainer_kwargs.get("class_weights") == "balanced":
+        notes.append("class_weights='balanced' (inverse class frequency): "
+                     + ", ".join(f"{w:.3g}" for w in trainer.class_weights.tolist()))
     if trainer.model is not model:  # trained a view: a Trainer over the model, for images
-        trainer = Trainer(model, **{**common, **trainer_kwargs, "epochs": epochs,
-                                    "lr": trainer.lr})
+        # It evaluates and predicts with the trained phase's task and loss.
+        kept = {k: v for k, v in {**common, **trainer_kwargs}.items()
+                if k not in ("label_smoothing", "class_weights")}
+        trainer = Trainer(model, **{**kept, "epochs": epochs, "lr": trainer.lr,
+                                    "task": trainer.task, "loss_fn": trainer.loss_fn})
     trainer.history = list(history)
     for _, choices in sweeps or ():
         settings += choices

@@ -42,7 +42,8 @@ class Inputs:
 def as_pair(data: Any, split: str) -> tuple[torch.Tensor, torch.Tensor] | None:
     """Return ``(images, labels)`` if ``data`` is such a pair of tensors, else ``None``.
 
-    Grey images may come as ``[N, H, W]``; they get their channel axis here.
+    Grey images may come as ``[N, H, W]``; they get their channel axis here. Labels are
+    ``[N]`` class indices or ``[N, C]`` soft or multi-hot targets.
 
     Raises:
         DataError: A pair whose images and labels do not match.
@@ -53,10 +54,11 @@ def as_pair(data: Any, split: str) -> tuple[torch.Tensor, torch.Tensor] | None:
     images, labels = data
     if images.dim() == 3:
         images = images.unsqueeze(1)
-    if images.dim() != 4 or labels.dim() != 1 or images.shape[0] != labels.shape[0]:
+    if images.dim() != 4 or labels.dim() not in (1, 2) or images.shape[0] != labels.shape[0]:
         raise DataError(
             f"{split}=(images, labels) needs images [N, C, H, W] (or [N, H, W]) and labels "
-            f"[N]; got {tuple(data[0].shape)} and {tuple(labels.shape)}.")
+            f"[N] (or [N, num_classes] targets); got {tuple(data[0].shape)} and "
+            f"{tuple(labels.shape)}.")
     if images.shape[0] == 0:
         raise DataError(f"{split}=(images, labels) holds no image.")
     return images, labels

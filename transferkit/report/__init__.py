@@ -22,7 +22,7 @@ from transferkit.report.plots import (
     plot_lr_find,
     plot_misclassified,
 )
-from transferkit.report.run import write_run_report
+from transferkit.report.run import write_multilabel_run_report, write_run_report
 
 __all__ = [
     "PLOTS_SKIPPED",
@@ -32,6 +32,7 @@ __all__ = [
     "plot_history",
     "plot_lr_find",
     "plot_misclassified",
+    "write_multilabel_run_report",
     "write_report",
     "write_run_report",
 ]

@@ -23,7 +23,7 @@ from transferkit.report.plots import PLOTS_SKIPPED
 __all__ = ["write_report"]
 
 # Metric columns of the history table, in this order within each split.
-_METRIC_ORDER = ("loss", "acc")
+_METRIC_ORDER = ("loss", "acc", "map", "f1")
 
 
 def _cell(text: Any) -> str:
@@ -152,6 +152,7 @@ def write_report(
     confusion: torch.Tensor | None = None,
     class_names: Sequence[str] | None = None,
     images: Mapping[str, str | os.PathLike[str] | None] | None = None,
+    tables: Mapping[str, tuple[Sequence[str], Sequence[Sequence[Any]]]] | None = None,
 ) -> Path:
     """Write a Markdown report of a run, atomically.
 
@@ -175,6 +176,8 @@ def write_report(
             relative to the current folder); the report links it relative to its own
             folder. A ``None`` path (a plot function returned ``None``: no matplotlib) is
             named in the report as not drawn.
+        tables: More tables after the test metrics, title -> ``(header, rows)`` (numbers
+            formatted as metrics), e.g. a per-class table of a multi-label run.
 
     Returns:
         The path written.
@@ -213,6 +216,12 @@ def write_report(
             lines += [f"Test accuracy: **{test['acc']:.4f}**", ""]
         lines += _table(["metric", "value"], [[k, _metric(k, v)] for k, v in test.items()],
                         align="--:")
+        lines.append("")
+
+    for caption, (header, rows) in (tables or {}).items():
+        lines += [f"## {caption}", ""]
+        lines += _table(header, [[_metric(str(h), v) for h, v in zip(header, row, strict=True)]
+                                 for row in rows], align="--:")
         lines.append("")
 
     if confusion is not None:

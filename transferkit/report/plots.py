@@ -96,7 +96,7 @@ def _series(history: Sequence[Mapping[str, Any]], key: str) -> tuple[list[float]
 def plot_history(
     history: Sequence[Mapping[str, Any]], path: str | os.PathLike[str]
 ) -> Path | None:
-    """Draw loss and accuracy per epoch, train against validation, into a PNG.
+    """Draw loss and accuracy (multi-label: mAP and F1) per epoch, train against validation.
 
     Args:
         history: One dict per epoch, as returned by ``Trainer.fit`` (keys such as
@@ -123,7 +123,8 @@ def plot_history(
             "Pass the list returned by Trainer.fit() or read from history.json."
         )
     keys = {k for r in history for k in r}
-    panels = [m for m in ("loss", "acc") if f"train_{m}" in keys or f"val_{m}" in keys]
+    panels = [m for m in ("loss", "acc", "map", "f1")
+              if f"train_{m}" in keys or f"val_{m}" in keys]
     if not panels:
         raise DataError(
             f"history has no train_/val_ loss or accuracy to plot (keys: {sorted(keys)}). "
@@ -133,7 +134,7 @@ def plot_history(
     if fig is None:
         return None
     from matplotlib.ticker import MaxNLocator
-    titles = {"loss": "loss", "acc": "accuracy"}
+    titles = {"loss": "loss", "acc": "accuracy", "map": "mAP", "f1": "F1"}
     for i, metric in enumerate(panels):
         ax = fig.add_subplot(1, len(panels), i + 1)
         for split, style in (("train", "o-"), ("val", "s--")):

@@ -17,7 +17,7 @@ from transferkit.report.confusion import confusion_matrix
 from transferkit.report.markdown import write_report
 from transferkit.report.plots import plot_confusion, plot_history, plot_misclassified
 
-__all__ = ["MISCLASSIFIED_SHOWN", "write_run_report"]
+__all__ = ["MISCLASSIFIED_SHOWN", "write_multilabel_run_report", "write_run_report"]
 
 MISCLASSIFIED_SHOWN = 25  # images in misclassified.png
 
@@ -84,3 +84,42 @@ def write_run_report(
                         test=metrics, notes=lines, confusion=confusion,
                         class_names=class_names, images=plots)
     return path, metrics
+
+
+def write_multilabel_run_report(
+    out: str | os.PathLike[str],
+    *,
+    title: str,
+    facts: Mapping[str, Any],
+    history: Sequence[Mapping[str, Any]],
+    metrics: Mapping[str, float],
+    per_class: Mapping[str, Sequence[float]],
+    class_names: Sequence[str],
+    settings: Sequence[object] = (),
+    notes: Sequence[str] = (),
+) -> Path:
+    """Write ``out/report.md`` of a multi-label run: its metrics and a per-class table.
+
+    A multi-label run has no confusion matrix nor one predicted class per image; the
+    report shows the split's metrics (``metrics``, e.g. mAP and F1), one row per class
+    (``per_class``: column -> one value per class, e.g. ``ap``, ``f1``, ``support``) and
+    the training curves.
+
+    Example:
+        >>> import tempfile
+        >>> path = write_multilabel_run_report(
+        ...     tempfile.mkdtemp(), title="demo", facts={},
+        ...     history=[{"epoch": 1, "lr": 0.01, "train_loss": 0.5, "time": 1.0}],
+        ...     metrics={"test_map": 0.75, "test_f1": 0.5}, class_names=["cat", "dog"],
+        ...     per_class={"ap": [1.0, 0.5], "f1": [1.0, 0.0], "support": [2, 1]})
+        >>> "| cat | 1.0000 | 1.0000 | 2 |" in path.read_text()
+        True
+    """
+    out = Path(out)
+    columns = list(per_class)
+    rows = [[name, *(per_class[c][i] for c in columns)] for i, name in enumerate(class_names)]
+    plots = {"training curves": plot_history(history, out / "curves.png")}
+    lines = [f"chose {s}" for s in settings] + list(notes)
+    return write_report(out / "report.md", title=title, facts=facts, history=history,
+                        test=metrics, notes=lines, images=plots,
+                        tables={"Per class": (["class", *columns], rows)})

@@ -11,6 +11,9 @@
 - :mod:`~transferkit.train.loggers`: experiment logging callbacks (CSV, TensorBoard, your own);
 - :mod:`~transferkit.train.unfreezing`: the plan of gradual unfreezing (by epoch or by
   optimizer step), its log lines and how a checkpoint resumes it;
+- :mod:`~transferkit.train.targets`: what a target batch means (class indices, soft or
+  multi-hot: the task), its loss, class weights; :mod:`~transferkit.train.mixing`: mixup
+  and CutMix; :mod:`~transferkit.train.multilabel_metrics`: mAP and F1;
 - :mod:`~transferkit.train.batch_checks`, :mod:`~transferkit.train.history`,
   :mod:`~transferkit.train.metrics`, :mod:`~transferkit.train.devices`,
   :mod:`~transferkit.train.interrupts`, :mod:`~transferkit.train.distributed` (with
@@ -29,18 +32,25 @@ from transferkit.train.devices import select_device
 from transferkit.train.distributed import cleanup
 from transferkit.train.loggers import CSVLogger, MetricLogger, TensorBoardLogger
 from transferkit.train.lr_finder import LRFindResult, lr_find, suggest_lr
+from transferkit.train.mixing import batch_mixer
+from transferkit.train.multilabel_metrics import average_precision
 from transferkit.train.schedules import WarmupCosine, warmup_cosine, warmup_cosine_scheduler
+from transferkit.train.targets import TASKS, check_targets, task_loss
 from transferkit.train.trainer import Trainer, check_trainer_args
 
 __all__ = [
     "EVENTS",
     "CSVLogger",
+    "TASKS",
     "Callback",
     "LRFindResult",
     "MetricLogger",
     "TensorBoardLogger",
     "Trainer",
     "WarmupCosine",
+    "average_precision",
+    "batch_mixer",
+    "check_targets",
     "check_trainer_args",
     "cleanup",
     "load_checkpoint",
@@ -48,6 +58,7 @@ __all__ = [
     "save_checkpoint",
     "select_device",
     "suggest_lr",
+    "task_loss",
     "warmup_cosine",
     "warmup_cosine_scheduler",
 ]

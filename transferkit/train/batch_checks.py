@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
@@ -20,8 +20,16 @@ from torch import nn
 from transferkit.adaptation.core import ModelView, get_info, recorded_info, unwrap
 from transferkit.errors import DataError, TransferKitError
 from transferkit.train.checkpoint import get_rng_state, set_rng_state
+from transferkit.train.targets import check_targets
 
-__all__ = ["check_first_batch", "data_len", "model_in_chans", "set_data_epoch"]
+__all__ = ["FirstBatch", "check_first_batch", "data_len", "model_in_chans", "set_data_epoch"]
+
+
+class FirstBatch(NamedTuple):
+    """What the first batch told: the model's class count and the targets' task."""
+
+    num_classes: int
+    task: str | None  # None: no batch (an empty validation shard of a DDP rank)
 
 
 def set_data_epoch(data: Any, epoch: int, *, start_batch: int = 0) -> int:
@@ -61,12 +69,14 @@ def check_first_batch(
     to_device: Callable[[torch.Tensor], torch.Tensor],
     autocast: Callable[[], contextlib.AbstractContextManager[Any]],
     allow_empty: bool = False,
-) -> int:
-    """Check the first batch of ``data`` before any training; return the model's class count.
+    task: str | None = None,
+) -> FirstBatch:
+    """Check the first batch of ``data`` before any training; return its classes and task.
 
     Peeks at one batch without shifting any random stream, checks its structure, types,
     shapes and channel count, runs the model on two of its samples (in eval mode, no
-    grad) and checks the labels against the model's outputs.
+    grad) and checks the targets against the model's outputs
+    (:func:`~transferkit.train.targets.check_targets`: class indices, soft or multi-hot).
 
     Args:
         model: The model to train.
@@ -74,8 +84,9 @@ def check_first_batch(
         split: ``"train"`` or ``"val"``, for the messages.
         to_device: Moves an input batch to the model's device and memory format.
         autocast: Returns the autocast context of the training precision.
-        allow_empty: Return 0 for data without batches instead of raising (a DDP rank
-            may hold no validation batch; the others count them all).
+        allow_empty: Return ``(0, None)`` for data without batches instead of raising (a
+            DDP rank may hold no validation batch; the others count them all).
+        task: The task the targets must fit; ``None`` infers it from them.
 
     Raises:
         DataError: The batch is missing or malformed, or does not fit the model.
@@ -87,7 +98,7 @@ def check_first_batch(
         set_rng_state(rng)
     if batch is None:
         if allow_empty:
-            return 0
+            return FirstBatch(0, None)
         raise DataError(
             f"The {split} data is empty: it yielded no batch. Check the data "
             "set path and that batch_size <= the number of samples with drop_last."
@@ -115,11 +126,12 @@ def check_first_batch(
         raise DataError(
             f"The first {split} batch is empty (batch size 0); use batch_size >= 1."
         )
-    if y.dim() != 1 or y.shape[0] != x.shape[0] or y.is_floating_point():
+    if y.dim() not in (1, 2) or y.shape[0] != x.shape[0]:
         raise DataError(
             f"The first {split} batch has targets of shape {tuple(y.shape)} and "
             f"dtype {y.dtype} for {x.shape[0]} inputs; expected {x.shape[0]} "
-            "integer class indices, shape (batch,)."
+            f"integer class indices, shape (batch,), or soft or multi-hot float targets, "
+            f"shape (batch, num_classes)."
         )
     in_chans = model_in_chans(model)
     if in_chans is not None and x.shape[1] != in_chans:
@@ -151,16 +163,8 @@ def check_first_batch(
             "(batch, num_classes) logits."
         )
     num_classes = out.shape[1]
-    low, high = int(y.min()), int(y.max())
-    if low < 0 or high >= num_classes:
-        bad = low if low < 0 else high
-        raise DataError(
-            f"The {split} labels include {bad}, outside the model's "
-            f"{num_classes} classes [0, {num_classes - 1}]. Adapt the model with "
-            f"adapt(model, num_classes={max(high + 1, num_classes)}) or fix "
-            "the labels."
-        )
-    return num_classes
+    return FirstBatch(num_classes, check_targets(y, num_classes=num_classes, task=task,
+                                                 split=split))
 
 
 def _channel_error(split: str, got: int, expected: int) -> DataError:

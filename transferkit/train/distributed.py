@@ -55,6 +55,7 @@ from transferkit.train.samplers import find_share, fingerprint, shard_loader
 
 __all__ = [
     "DistInfo",
+    "all_gather_rows",
     "all_reduce_sum",
     "check_same_draw",
     "check_same_length",
@@ -189,6 +190,25 @@ def all_reduce_sum(tensor: torch.Tensor, info: DistInfo) -> torch.Tensor:
     if info.enabled:
         dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
     return tensor
+
+
+def all_gather_rows(tensor: torch.Tensor, info: DistInfo) -> torch.Tensor:
+    """Concatenate every rank's ``tensor`` along dim 0, rank 0 first (itself when alone).
+
+    The ranks may hold different numbers of rows (evaluation shards are not padded): each
+    is padded to the longest for the collective and trimmed after it.
+    """
+    if not info.enabled:
+        return tensor
+    size = torch.tensor([tensor.shape[0]], device=tensor.device)
+    sizes = [torch.zeros_like(size) for _ in range(info.world_size)]
+    dist.all_gather(sizes, size)
+    longest = int(max(int(s) for s in sizes))
+    padded = tensor.new_zeros((longest, *tensor.shape[1:]))
+    padded[: tensor.shape[0]] = tensor
+    parts = [torch.empty_like(padded) for _ in range(info.world_size)]
+    dist.all_gather(parts, padded)
+    return torch.cat([part[: int(n)] for part, n in zip(parts, sizes, strict=True)])
 
 
 def check_same_draw(data: Iterable[Any], info: DistInfo, split: str = "train") -> None:

@@ -30,39 +30,53 @@ __all__ = [
 ]
 
 
-def monitor_keys(topk: Sequence[int], *, has_val: bool) -> list[str]:
-    """Return the history keys a Trainer with these ``topk`` records every epoch.
+def monitor_keys(topk: Sequence[int], *, has_val: bool, task: str | None = None) -> list[str]:
+    """Return the history keys a Trainer records every epoch.
+
+    Single-label: ``train_loss``, ``train_acc``/``train_top<k>``; multi-label:
+    ``train_loss``, ``train_f1`` (mAP is not computed on training epochs). With validation,
+    the same with ``val_`` and, multi-label, ``val_map``. ``task=None``: the keys of either
+    task (the task is known once ``fit`` sees the data).
 
     Args:
         topk: The ``k`` of the top-k accuracies (``k=1`` is ``*_acc``).
         has_val: Whether validation data is evaluated.
+        task: ``"single_label"``, ``"multi_label"`` or ``None``.
     """
-    keys = ["train_loss"] + ["train_acc" if k == 1 else f"train_top{k}" for k in topk]
+    single = ["train_loss"] + ["train_acc" if k == 1 else f"train_top{k}" for k in topk]
+    multi = ["train_loss", "train_f1"]
+    keys = {"single_label": single, "multi_label": multi}.get(
+        task or "", list(dict.fromkeys(single + multi)))
     if has_val:
-        keys += [k.replace("train", "val") for k in keys]
+        keys = keys + [k.replace("train", "val") for k in keys]
+        if task != "single_label":
+            keys.append("val_map")
     return keys
 
 
-def resolve_monitor(monitor: str | None, topk: Sequence[int], *, has_val: bool) -> str:
+def resolve_monitor(monitor: str | None, topk: Sequence[int], *, has_val: bool,
+                    task: str | None = None) -> str:
     """Return the key that decides the best epoch (default: ``val_loss``, else ``train_loss``).
 
     Raises:
-        ConfigError: ``monitor`` is not one of the history keys (with the closest one).
+        ConfigError: ``monitor`` is not one of the history keys of ``task`` (with the
+            closest one).
     """
-    keys = monitor_keys(topk, has_val=has_val)
+    keys = monitor_keys(topk, has_val=has_val, task=task)
     if monitor is None:
         return "val_loss" if has_val else "train_loss"
     if monitor not in keys:
+        what = f" of a {task.replace('_', '-')} run" if task else ""
         raise ConfigError(
-            f"monitor={monitor!r} is not a history key; use one "
+            f"monitor={monitor!r} is not a history key{what}; use one "
             f"of {keys}.{closest(monitor, keys)}"
         )
     return monitor
 
 
 def higher_is_better(monitor: str) -> bool:
-    """Return whether larger values of ``monitor`` are better (accuracies)."""
-    return "acc" in monitor or "top" in monitor
+    """Return whether larger values of ``monitor`` are better (accuracies, mAP, F1)."""
+    return any(part in monitor for part in ("acc", "top", "map", "f1"))
 
 
 def new_best() -> dict[str, Any]:

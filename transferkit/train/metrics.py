@@ -2,7 +2,11 @@
 
 Sums stay as tensors on the device during an epoch (no host sync per batch); they are
 read once at the end of the epoch, after an optional all-reduce across processes, so
-every sample counts exactly once.
+every sample counts exactly once. Single-label runs report the loss and top-k accuracies
+(:class:`MetricSums`; soft targets count their most probable class as the label);
+multi-label runs report the loss, mAP and F1
+(:class:`~transferkit.train.multilabel_metrics.MultiLabelSums`); :func:`metric_sums`
+returns the one of the task.
 """
 
 from __future__ import annotations
@@ -11,7 +15,10 @@ from collections.abc import Sequence
 
 import torch
 
-__all__ = ["MetricSums", "topk_correct"]
+from transferkit.train.distributed import DistInfo, all_reduce_sum
+from transferkit.train.multilabel_metrics import MultiLabelSums
+
+__all__ = ["MetricSums", "metric_sums", "topk_correct"]
 
 
 def topk_correct(logits: torch.Tensor, targets: torch.Tensor, topk: Sequence[int]) -> torch.Tensor:
@@ -51,8 +58,14 @@ class MetricSums:
         self.count = 0  # a host int: counting needs no device op
 
     def update(self, loss: torch.Tensor, logits: torch.Tensor, targets: torch.Tensor) -> None:
-        """Add one batch (``loss`` is the batch mean). Two device ops, no host sync."""
+        """Add one batch (``loss`` is the batch mean). Two device ops, no host sync.
+
+        ``(N, C)`` soft targets (mixed, smoothed, a teacher's) count their most probable
+        class as the label.
+        """
         n = targets.shape[0]
+        if targets.dim() == 2:
+            targets = targets.argmax(1)
         self.loss_sum.add_(loss.detach(), alpha=n)
         self.hits.add_(topk_correct(logits.detach(), targets, self.topk).long())
         self.count += n
@@ -69,6 +82,11 @@ class MetricSums:
         self.count = int(packed[1].item())
         self.hits.copy_(packed[2:].round().long())
 
+    def reduce(self, info: DistInfo) -> None:
+        """Sum the sums over the DDP ranks in place (no-op in a single process)."""
+        if info.enabled:
+            self.load(all_reduce_sum(self.packed(), info))
+
     def result(self, prefix: str) -> dict[str, float]:
         """Return ``{prefix_loss, prefix_acc, prefix_top<k>...}`` as floats (NaN if empty).
 
@@ -82,3 +100,27 @@ class MetricSums:
             name = f"{pre}acc" if k == 1 else f"{pre}top{k}"
             out[name] = hits / count if count else float("nan")
         return out
+
+
+def metric_sums(task: str | None, *, topk: Sequence[int], num_classes: int, threshold: float,
+                device: torch.device | str,
+                evaluation: bool = False) -> MetricSums | MultiLabelSums:
+    """Return empty sums for one split of one epoch of ``task`` (``None``: single-label).
+
+    Args:
+        task: ``"single_label"`` or ``"multi_label"``.
+        topk: The ``k`` of the top-k accuracies (single-label).
+        num_classes: The model's outputs (multi-label).
+        threshold: The probability at which a class is predicted (multi-label F1).
+        device: Where the sums live.
+        evaluation: Keep what mAP needs (multi-label evaluation only).
+
+    Example:
+        >>> type(metric_sums("multi_label", topk=(1,), num_classes=3, threshold=0.5,
+        ...                  device="cpu")).__name__
+        'MultiLabelSums'
+    """
+    if task == "multi_label":
+        return MultiLabelSums(num_classes, threshold=threshold, device=device,
+                              keep_scores=evaluation)
+    return MetricSums(topk, device)

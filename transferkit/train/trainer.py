@@ -10,8 +10,9 @@ The Trainer knows nothing about backbones: it works with any ``nn.Module`` that 
 ``(inputs, targets)`` batches, including a plain ``torch.utils.data.DataLoader``.
 
 The loop is here; its parts live in their own modules of :mod:`transferkit.train`:
-``batch_checks`` (the first-batch checks, ``set_epoch``), ``history`` (best epoch, early
-stopping, history files), ``state`` (the checkpoint format), ``schedules``, ``optim``,
+``batch_checks`` (the first-batch checks, ``set_epoch``), ``targets`` (the task of the
+targets, its loss, class weights), ``mixing`` (mixup, CutMix), ``history`` (best epoch,
+early stopping, history files), ``state`` (the checkpoint format), ``schedules``, ``optim``,
 ``unfreezing`` (the gradual unfreezing plan), ``devices``, ``distributed``, ``metrics``
 and ``interrupts`` (Ctrl-C).
 """
@@ -40,7 +41,7 @@ from transferkit._io import atomic_write_bytes
 from transferkit.adaptation.core import unwrap
 from transferkit.adaptation.freezing import check_unfreeze_until, freeze, freeze_state
 from transferkit.errors import ConfigError, DataError, NonFiniteLossError, closest
-from transferkit.train.batch_checks import check_first_batch, data_len, set_data_epoch
+from transferkit.train.batch_checks import FirstBatch, check_first_batch, data_len, set_data_epoch
 from transferkit.train.best_weights import BestWeights, is_validation_metric
 from transferkit.train.callbacks import Callback, CallbackList
 from transferkit.train.checkpoint import get_rng_state, save_checkpoint, set_rng_state
@@ -64,7 +65,9 @@ from transferkit.train.history import (
     write_history,
 )
 from transferkit.train.interrupts import sigint_requests_stop
-from transferkit.train.metrics import MetricSums
+from transferkit.train.metrics import MetricSums, metric_sums
+from transferkit.train.mixing import batch_mixer, check_mix_alphas
+from transferkit.train.multilabel_metrics import MultiLabelSums
 from transferkit.train.optim import default_optimizer, head_body_lrs, schedule_steps
 from transferkit.train.schedules import stretch_schedule, warmup_cosine_scheduler
 from transferkit.train.state import (
@@ -73,6 +76,12 @@ from transferkit.train.state import (
     load_into,
     model_state,
     read_state,
+)
+from transferkit.train.targets import (
+    check_same_task,
+    check_target_options,
+    class_weights_for,
+    task_loss,
 )
 from transferkit.train.unfreezing import lr_scale, plan_record, restored_plan, unfreezing_plan
 
@@ -100,15 +109,35 @@ class Trainer:
         scheduler: Any torch LR scheduler; default warm-up + cosine when the optimizer is
             the default one, no scheduler otherwise.
         scheduler_interval: Step the scheduler per optimizer ``"step"`` or per ``"epoch"``.
-        loss_fn: ``loss_fn(logits, targets) -> scalar``; default cross-entropy.
+        loss_fn: ``loss_fn(logits, targets) -> scalar``; default: the task's loss,
+            cross-entropy (single-label) or BCE-with-logits (multi-label), see
+            :func:`~transferkit.train.targets.task_loss`.
+        task: ``"single_label"`` (class indices or soft targets) or ``"multi_label"``
+            (multi-hot targets); ``None`` infers it from the first train batch and refuses
+            an ambiguous one (:func:`~transferkit.train.targets.check_targets`). Before
+            ``fit``, ``predict`` takes ``None`` as single-label (softmax).
+        label_smoothing: Label smoothing of the default loss (single-label: toward the
+            uniform distribution; multi-label: each target toward 0.5).
+        class_weights: ``"balanced"``: inverse class frequency of the train labels,
+            computed by ``fit`` and logged (``trainer.class_weights``); or one weight per
+            class. Weights the default loss (multi-label: BCE's ``pos_weight``).
+        mixup: MixUp's ``alpha`` on training batches (0: off), torchvision's
+            ``transforms.v2.MixUp``; see :mod:`~transferkit.train.mixing`.
+        cutmix: CutMix's ``alpha`` (0: off); with ``mixup`` each batch gets one of the two.
+        threshold: Multi-label: a class is predicted at ``sigmoid(logit) >= threshold``
+            (``*_f1``).
+        penalty: A regulariser ``penalty() -> scalar`` added to the training loss (not to
+            evaluation), e.g. :class:`~transferkit.recipes.l2sp.L2SP`.
         device: ``"auto"`` (CUDA > MPS > CPU) or a device.
         precision: ``"fp32"``, ``"bf16"`` or ``"fp16"`` autocast (GradScaler for fp16 on CUDA).
         grad_clip: Clip the gradient norm to this value.
         grad_accum: Micro-batches per optimizer step.
         channels_last: Use the channels-last memory format for model and inputs.
-        topk: The ``k`` of the top-k accuracies reported (``k=1`` is ``*_acc``).
+        topk: The ``k`` of the top-k accuracies reported (``k=1`` is ``*_acc``), single-label;
+            multi-label runs report ``*_map`` (validation) and ``*_f1`` instead.
         monitor: History key that decides the best epoch; default ``"val_loss"``
-            (``"train_loss"`` without validation data). Keys with ``acc``/``top`` are maximised.
+            (``"train_loss"`` without validation data). Keys with ``acc``/``top``/``map``/
+            ``f1`` are maximised.
         patience: Stop after this many epochs without improvement (``None``: never).
         restore_best: When ``fit`` returns normally (not after Ctrl-C), the model holds
             the weights of the best epoch by a validation ``monitor`` (``val_*``), kept
@@ -161,6 +190,13 @@ class Trainer:
         scheduler: Any | None = None,
         scheduler_interval: Literal["step", "epoch"] = "step",
         loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+        task: Literal["single_label", "multi_label"] | None = None,
+        label_smoothing: float = 0.0,
+        class_weights: str | Sequence[float] | None = None,
+        mixup: float = 0.0,
+        cutmix: float = 0.0,
+        threshold: float = 0.5,
+        penalty: Callable[[], torch.Tensor] | None = None,
         device: str | torch.device = "auto",
         precision: Precision = "fp32",
         grad_clip: float | None = None,
@@ -195,7 +231,15 @@ class Trainer:
         self.body_lr = body_lr if body_lr is not None else lr * lr_ratio
         self.precision, self.grad_clip, self.grad_accum = precision, grad_clip, grad_accum
         self.channels_last, self.topk, self.seed = channels_last, tuple(topk), seed
-        self.loss_fn = loss_fn if loss_fn is not None else nn.CrossEntropyLoss()
+        self.task, self.threshold, self.penalty = task, checked["threshold"], penalty
+        self.label_smoothing = checked["label_smoothing"]
+        self.mixup, self.cutmix = checked["mixup"], checked["cutmix"]
+        self._class_weights_arg, self._own_loss = checked["class_weights"], loss_fn is not None
+        self.class_weights: torch.Tensor | None = None  # the default loss's, once resolved
+        self.num_classes: int | None = None
+        self._mixer: Any = None
+        self.loss_fn = loss_fn if loss_fn is not None else task_loss(
+            task or "single_label", label_smoothing=label_smoothing)
         self.monitor, self._monitor_arg, self.patience = monitor, monitor, patience
         self.restore_best = restore_best
         self.freeze_policy, self.unfreeze_every = freeze, unfreeze_every
@@ -273,21 +317,23 @@ class Trainer:
         val_data = None if val is None else shard_for_evaluation(val, self.dist, seed=self.seed)
         if val_data is not None:
             check_same_draw(val_data, self.dist, "val")
-        error = None
+        error, first = None, FirstBatch(0, None)
         try:  # every rank checks its own first batch; all raise if one fails
-            self._check_data(train_data, "train")
+            first = self._check_data(train_data, "train", self.task)
             if val_data is not None:
-                self._check_data(val_data, "val")
+                self._check_data(val_data, "val", first.task)
         except DataError as exc:
             error = exc
         raise_together(error, self.dist)
-        self._check_monitor(val is not None)
+        check_same_task(str(first.task), self.dist, self.device)
+        self._check_monitor(val is not None, first.task)
         if self.unfreeze_until is not None and data_len(train_data) is None:
             raise ConfigError(
                 f"unfreeze_until={self.unfreeze_until} opens stages by optimizer step, which "
                 "needs the run's step count: the train data has no len(). Pass "
                 "unfreeze_every=k (epochs) instead."
             )
+        self._setup_targets(train, first)  # the loss (class weights), the mixer
         self._setup_schedule(train_data, epochs)
         if self.freeze_policy is not None:
             # Keep the BatchNorm mode the model has (freeze(..., bn="frozen") before fit).
@@ -364,11 +410,24 @@ class Trainer:
     def evaluate(self, data: Iterable[Any]) -> dict[str, float]:
         """Return ``loss``, ``acc``, ``top<k>`` and ``count`` on ``data`` (eval mode, no grad).
 
-        Under DDP every rank evaluates its own share and the sums are all-reduced, so each
-        sample counts exactly once.
+        Multi-label: ``loss``, ``map``, ``f1`` and ``count``. Under DDP every rank evaluates
+        its own share and the sums are all-reduced (the logits gathered for mAP), so each
+        sample counts exactly once. A Trainer that has not been fit reads the task from
+        the first batch of ``data``.
+
+        Raises:
+            ConfigError: Not fit yet and ``class_weights="balanced"``: there are no train
+                labels to weigh by.
         """
         data = shard_for_evaluation(data, self.dist, seed=self.seed)
         check_same_draw(data, self.dist, "evaluation")
+        if self.num_classes is None:
+            if self._class_weights_arg == "balanced" and not self._own_loss:
+                raise ConfigError("class_weights='balanced' counts the train labels in fit(); "
+                                  "call fit first, or pass one weight per class.")
+            first = self._check_data(data, "evaluation", self.task)
+            check_same_task(str(first.task), self.dist, self.device)
+            self._setup_targets(data, first)
         with self._cpu_paths():
             sums = self._run_eval(data)
         out = sums.result("")
@@ -377,7 +436,10 @@ class Trainer:
 
     @torch.no_grad()
     def predict(self, data: Iterable[Any], *, probs: bool = True) -> torch.Tensor:
-        """Return the softmax probabilities (or logits) for every sample, in order, on CPU.
+        """Return the probabilities (or logits) for every sample, in order, on CPU.
+
+        Probabilities are the softmax of the logits, or their sigmoid for a multi-label
+        task (each class on its own).
 
         Args:
             data: Batches of inputs, or of ``(inputs, targets)``.
@@ -391,7 +453,9 @@ class Trainer:
                 x = batch[0] if isinstance(batch, (tuple, list)) else batch
                 with self._autocast(), self._cpu_paths():
                     logits = self.model(self._inputs(x)).float()
-                outs.append((logits.softmax(-1) if probs else logits).cpu())
+                if probs:
+                    logits = logits.sigmoid() if self.task == "multi_label" else logits.softmax(-1)
+                outs.append(logits.cpu())
         finally:
             self.model.train(was_training)
         if not outs:
@@ -402,7 +466,7 @@ class Trainer:
     def _train_epoch(self, data: Iterable[Any]) -> MetricSums:
         model = self._train_module()
         model.train()
-        sums = MetricSums(self.topk, self.device)
+        sums = self._new_sums()
         skip, resume = self.batch_in_epoch, self._resume
         if resume is not None:
             # Mid-epoch resume: replay the epoch's start exactly, skip what was trained.
@@ -421,7 +485,7 @@ class Trainer:
         accum, pending = self.grad_accum, False
         bar = self._bar(n, skip)
         for i, (x, y) in enumerate(batches, start=skip):
-            x, y = self._inputs(x), y.to(self.device, non_blocking=True)
+            x, y = self._batch(x, y, mix=True)
             window_start = i - i % accum
             window = accum if n is None else min(accum, n - window_start)
             last = i - window_start == window - 1
@@ -432,6 +496,8 @@ class Trainer:
                 with self._autocast():
                     logits = model(x)
                     loss = self.loss_fn(logits, y)
+                    if self.penalty is not None:
+                        loss = loss + self.penalty().to(loss.dtype)
                 stop = self._check_loss(loss, i)
                 self._backward(loss / window if window > 1 else loss)
             sums.update(loss, logits, y)
@@ -497,15 +563,15 @@ class Trainer:
             self.scheduler.step()
         self.step += 1
 
-    def _run_eval(self, data: Iterable[Any]) -> MetricSums:
+    def _run_eval(self, data: Iterable[Any]) -> MetricSums | MultiLabelSums:
         # The unwrapped model: no DDP collectives, so ranks may hold different batch counts.
         was_training = self.model.training
         self.model.eval()
-        sums = MetricSums(self.topk, self.device)
+        sums = self._new_sums(evaluation=True)
         try:
             with torch.no_grad():
                 for x, y in data:
-                    x, y = self._inputs(x), y.to(self.device, non_blocking=True)
+                    x, y = self._batch(x, y)
                     with self._autocast():
                         logits = self.model(x)
                         loss = self.loss_fn(logits, y)
@@ -528,10 +594,34 @@ class Trainer:
         # Exact: the taps dropped multiply zero padding only (train/depthwise.py).
         return crop_depthwise(self.model, enabled=self.device.type == "cpu")
 
-    def _reduce(self, sums: MetricSums) -> MetricSums:
-        if self.dist.enabled:
-            sums.load(all_reduce_sum(sums.packed(), self.dist))
+    def _reduce(self, sums: MetricSums | MultiLabelSums) -> MetricSums | MultiLabelSums:
+        sums.reduce(self.dist)
         return sums
+
+    def _batch(self, x: torch.Tensor, y: torch.Tensor, *,
+               mix: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """Move a batch to the device, mixed (training, ``mixup``/``cutmix``) on it."""
+        x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+        if mix and self._mixer is not None:
+            x, y = self._mixer(x, y)
+        return self._inputs(x), y
+
+    def _new_sums(self, *, evaluation: bool = False) -> MetricSums | MultiLabelSums:
+        return metric_sums(self.task, topk=self.topk, num_classes=self.num_classes or 0,
+                           threshold=self.threshold, device=self.device, evaluation=evaluation)
+
+    def _setup_targets(self, train: Iterable[Any], first: FirstBatch) -> None:
+        """Fix the task, the default loss (class weights counted on ``train``), the mixer."""
+        self.task, self.num_classes = first.task, first.num_classes
+        if not self._own_loss:
+            self.class_weights = class_weights_for(
+                self._class_weights_arg, train, num_classes=first.num_classes,
+                task=str(first.task), verbose=self.dist.is_main)
+            weight = None if self.class_weights is None else self.class_weights.to(self.device)
+            self.loss_fn = task_loss(str(first.task), label_smoothing=self.label_smoothing,
+                                     weight=weight)
+        self._mixer = batch_mixer(mixup=self.mixup, cutmix=self.cutmix,
+                                  num_classes=first.num_classes)
 
     def _train_module(self) -> nn.Module:
         if not self.dist.enabled:
@@ -618,8 +708,8 @@ class Trainer:
         return sigint_requests_stop(request, lambda: self._sigint)
 
     # ----------------------------------------------------------------- bookkeeping
-    def _check_monitor(self, has_val: bool) -> None:
-        self.monitor = resolve_monitor(self._monitor_arg, self.topk, has_val=has_val)
+    def _check_monitor(self, has_val: bool, task: str | None) -> None:
+        self.monitor = resolve_monitor(self._monitor_arg, self.topk, has_val=has_val, task=task)
 
     def _update_best(self, record: dict[str, Any]) -> None:
         if update_best(self.best, record, monitor=self.monitor, patience=self.patience):
@@ -725,15 +815,16 @@ class Trainer:
         if self.dist.is_main:
             log.info("resumed from %s at epoch %d, step %d", path, self.epoch + 1, self.step)
 
-    def _check_data(self, data: Iterable[Any], split: str) -> int:
-        """Check the first batch before any training; return the model's class count."""
+    def _check_data(self, data: Iterable[Any], split: str, task: str | None) -> FirstBatch:
+        """Check the first batch before any training; return its class count and task."""
         return check_first_batch(
             self.model,
             data,
             split,
             to_device=self._inputs,
             autocast=self._autocast,
-            allow_empty=split == "val" and self.dist.enabled,
+            allow_empty=split != "train" and self.dist.enabled,
+            task=task,
         )
 
 
@@ -768,6 +859,13 @@ def _check_config(**values: Any) -> dict[str, Any]:
                        for k in topk):
         raise ConfigError(f"topk must be positive integers, got {v['topk']!r}; e.g. topk=(1, 5).")
     v["topk"] = tuple(int(k) for k in topk)
+    v.update(check_target_options(task=v["task"], label_smoothing=v["label_smoothing"],
+                                  class_weights=v["class_weights"], threshold=v["threshold"],
+                                  loss_fn=v["loss_fn"]))
+    v["mixup"], v["cutmix"] = check_mix_alphas(v["mixup"], v["cutmix"])
+    if v["penalty"] is not None and not callable(v["penalty"]):
+        raise ConfigError(f"penalty must be a callable returning a scalar, e.g. "
+                          f"L2SP(model), got {v['penalty']!r}.")
     _validate.flag("channels_last", v["channels_last"])
     _validate.flag("restore_best", v["restore_best"])
     try:
@@ -801,4 +899,5 @@ def check_trainer_args(*, has_val: bool | None = None, **kwargs: Any) -> None:
     values = {**{n: params[n].default for n in names}, **kwargs}
     checked = _check_config(**values)
     if has_val is not None:
-        resolve_monitor(checked["monitor"], checked["topk"], has_val=has_val)
+        resolve_monitor(checked["monitor"], checked["topk"], has_val=has_val,
+                        task=checked["task"])
