@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from transferkit.train import Trainer
-from transferkit.train.depthwise import CroppedConv2d, crop_depthwise, used_taps
+from transferkit.train.depthwise import crop_depthwise, used_taps
 
 
 @pytest.mark.parametrize("size,kernel,stride,padding,dilation,expected", [
@@ -25,7 +25,13 @@ from transferkit.train.depthwise import CroppedConv2d, crop_depthwise, used_taps
     (1, 1, 1, 0, 1, (0, 0)),
 ])
 def test_used_taps(size, kernel, stride, padding, dilation, expected):
-    assert used_taps(size, kernel, stride, padding, dilation) == expected
+    assert used_taps(size, kernel, stride, padding, dilation=dilation) == expected
+
+
+def test_used_taps_with_asymmetric_padding():
+    # timm's "same" padding of a 2-pixel input, 5 taps, stride 2: one before, two after.
+    assert used_taps(2, 5, 2, 1, 2) == (1, 2)
+    assert used_taps(3, 3, 2, 0, 1) == (0, 2)
 
 
 CASES = list(itertools.product((1, 2, 3, 5), (3, 5, 7), (1, 2), (1, 2)))
@@ -37,10 +43,32 @@ def test_cropped_conv_equals_conv(size, kernel, stride, dilation):
     conv = nn.Conv2d(6, 6, kernel, stride=stride, padding=dilation * (kernel // 2),
                      dilation=dilation, groups=3)
     cropped = copy.deepcopy(conv)
-    cropped.__class__ = CroppedConv2d
     x = torch.randn(4, 6, size, size + 1)
+    _check_same(conv, cropped, x)
+
+
+@pytest.mark.parametrize("size,kernel,stride,dilation", CASES)
+def test_cropped_tf_same_conv_equals_timm(size, kernel, stride, dilation):
+    from timm.layers import create_conv2d
+
+    torch.manual_seed(0)
+    conv = create_conv2d(6, 6, kernel, stride=stride, dilation=dilation, groups=3,
+                         padding="same", bias=True)
+    if stride == 1:  # timm pads statically there: a plain nn.Conv2d
+        assert type(conv) is nn.Conv2d
+    else:
+        assert type(conv).__name__ == "Conv2dSame"
+    _check_same(conv, copy.deepcopy(conv), torch.randn(4, 6, size, size + 1))
+
+
+def _check_same(conv: nn.Module, cropped: nn.Module, x: torch.Tensor) -> None:
+    cls = type(cropped)
     xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
-    ya, yb = conv(xa), cropped(xb)
+    ya = conv(xa)
+    with crop_depthwise(cropped) as n:
+        assert n == 1
+        yb = cropped(xb)
+    assert type(cropped) is cls
     assert ya.shape == yb.shape
     torch.testing.assert_close(yb, ya, rtol=1e-6, atol=1e-6)
     g = torch.randn_like(ya)
@@ -48,7 +76,8 @@ def test_cropped_conv_equals_conv(size, kernel, stride, dilation):
     yb.backward(g)
     torch.testing.assert_close(xb.grad, xa.grad, rtol=1e-6, atol=1e-6)
     torch.testing.assert_close(cropped.weight.grad, conv.weight.grad, rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(cropped.bias.grad, conv.bias.grad, rtol=1e-5, atol=1e-5)
+    if conv.bias is not None:
+        torch.testing.assert_close(cropped.bias.grad, conv.bias.grad, rtol=1e-5, atol=1e-5)
 
 
 def test_one_by_one_map_uses_the_centre_tap_exactly():
@@ -82,6 +111,7 @@ def test_only_plain_grouped_convs_change_and_come_back():
             assert n == 2
             assert [type(m).__name__ for m in net] == ["Conv2d", "CroppedConv2d", "Same",
                                                        "CroppedConv2d"]
+            assert isinstance(net[1], nn.Conv2d)
             assert list(net.state_dict()) == keys
             raise RuntimeError("boom")
     assert [type(m) for m in net] == [nn.Conv2d, nn.Conv2d, Same, nn.Conv2d]
