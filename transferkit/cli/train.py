@@ -161,7 +161,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         body_lr=args.body_lr, batch_size=args.batch_size, image_size=size,
         augment=args.augment, freeze_stages=args.freeze_stages, precision=args.precision,
         patience=args.patience, resume=args.resume, out_dir=out, device=args.device,
-        seed=args.seed)
+        seed=args.seed, ema=args.ema, compile=args.compile)
     settings = choices + result.settings
     info = get_info(model)
     split, pair = ("test", data.test) if data.test is not None else ("val", val)
@@ -171,11 +171,12 @@ def cmd_train(args: argparse.Namespace) -> int:
                              **{line.split(":", 1)[0]: line.split(":", 1)[1].strip()
                                 for line in data.sources},
                              "image size": size, "in_chans": in_chans,
-                             "epochs": len(result.history), "device": str(args.device)}
+                             "epochs": len(result.history), "device": str(args.device),
+                             "test-time augmentation": args.tta}
     if pair is not None:
         loader = TensorLoader(*pair, batch_size=256, image_size=size, mean=info.mean,
                               std=info.std, num_classes=len(data.classes))
-        probs = result.trainer.predict(loader)
+        probs = result.trainer.predict(loader, tta=args.tta)
         facts["wall time (s)"] = round(time.perf_counter() - start, 1)
         _, metrics = write_run_report(
             out, title=f"{args.backbone} fine-tuned on {args.data}", facts=facts,

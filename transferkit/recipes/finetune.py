@@ -376,7 +376,10 @@ def fine_tune(
         augment: Augmentation preset for tensors, one of ``AUGMENT_PRESETS`` (default
             ``"light"``: shifts, no flips).
         **trainer_kwargs: Other :class:`~transferkit.train.trainer.Trainer` arguments
-            (``weight_decay``, ``warmup``, ``grad_clip``, ``loss_fn``, ``monitor``...).
+            (``weight_decay``, ``warmup``, ``grad_clip``, ``loss_fn``, ``monitor``,
+            ``ema``, ``compile``...), passed to every phase's Trainer: with ``ema``, each
+            phase averages its own weights (a probe on cached features, its head) and
+            ends with them, so ``lp_ft`` fine-tunes from the probe's averaged head.
 
     Returns:
         A :class:`FineTuneResult`.
@@ -494,8 +497,8 @@ def fine_tune(
             load_freeze_state(model, before)
         raise
     if trainer.model is not model:  # trained a view: a Trainer over the model, for images
-        trainer = Trainer(model, **{**common, **trainer_kwargs, "epochs": epochs,
-                                    "lr": trainer.lr})
+        kwargs = {k: v for k, v in trainer_kwargs.items() if k != "ema"}  # it trains nothing
+        trainer = Trainer(model, **{**common, **kwargs, "epochs": epochs, "lr": trainer.lr})
     trainer.history = list(history)
     timings["train_s"] = sum(float(r.get("time", 0.0)) for r in history)
     if root is not None:

@@ -8,6 +8,9 @@
   optimizer and warm-up + cosine schedule (the one builder the recipes use too);
 - :mod:`~transferkit.train.unfreezing`: the plan of gradual unfreezing (by epoch or by
   optimizer step), its log lines and how a checkpoint resumes it;
+- :mod:`~transferkit.train.ema` (``ema=``: an average of the weights, validated and kept),
+  :mod:`~transferkit.train.compiling` (``compile=True``) and
+  :mod:`~transferkit.train.tta` (test-time augmentation in ``evaluate``/``predict``);
 - :mod:`~transferkit.train.batch_checks`, :mod:`~transferkit.train.history`,
   :mod:`~transferkit.train.metrics`, :mod:`~transferkit.train.devices`,
   :mod:`~transferkit.train.interrupts`, :mod:`~transferkit.train.distributed` (with
@@ -24,19 +27,26 @@ from transferkit.train.callbacks import EVENTS, Callback
 from transferkit.train.checkpoint import load_checkpoint, save_checkpoint
 from transferkit.train.devices import select_device
 from transferkit.train.distributed import cleanup
+from transferkit.train.ema import ModelEma, ema_decay
 from transferkit.train.schedules import WarmupCosine, warmup_cosine, warmup_cosine_scheduler
 from transferkit.train.trainer import Trainer, check_trainer_args
+from transferkit.train.tta import TTA_MODES, tta_probs, tta_views
 
 __all__ = [
     "EVENTS",
+    "TTA_MODES",
     "Callback",
+    "ModelEma",
     "Trainer",
     "WarmupCosine",
     "check_trainer_args",
     "cleanup",
+    "ema_decay",
     "load_checkpoint",
     "save_checkpoint",
     "select_device",
+    "tta_probs",
+    "tta_views",
     "warmup_cosine",
     "warmup_cosine_scheduler",
 ]
