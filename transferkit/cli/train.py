@@ -172,7 +172,8 @@ def cmd_train(args: argparse.Namespace) -> int:
                                 for line in data.sources},
                              "image size": size, "in_chans": in_chans,
                              "epochs": len(result.history), "device": str(args.device),
-                             "test-time augmentation": args.tta}
+                             "test-time augmentation": args.tta,
+                             **({"EMA decay": args.ema} if args.ema is not None else {})}
     if pair is not None:
         loader = TensorLoader(*pair, batch_size=256, image_size=size, mean=info.mean,
                               std=info.std, num_classes=len(data.classes))
