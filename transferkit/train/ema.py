@@ -113,7 +113,7 @@ class ModelEma:
         >>> with torch.no_grad():
         ...     _ = model.weight.add_(1.0)
         >>> ema.update(model)  # moves 1 - ema_decay(1) = 63% of the way
-        >>> bool(torch.allclose(ema.module.weight, model.weight - 0.37))
+        >>> bool(torch.allclose(ema.module.weight, model.weight - ema_decay(1, decay=0.9)))
         True
     """
 
