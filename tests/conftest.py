@@ -13,6 +13,7 @@ import torch
 import transferkit.backbones.hf_hub as H
 import transferkit.backbones.registry as R
 import transferkit.backbones.weights as W
+from transferkit.train import Callback
 
 
 @pytest.fixture
@@ -82,3 +83,20 @@ class Damage:
 def damage() -> type[Damage]:
     """Helpers that damage files in place (see :class:`Damage`)."""
     return Damage
+
+
+class InterruptAfter(Callback):
+    """Act as if Ctrl-C arrived after optimizer step ``step``: the next step is the last."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_batch_end(self, trainer) -> None:
+        if trainer.step == self.step:
+            trainer._sigint = True
+
+
+@pytest.fixture
+def interrupt_after() -> type[InterruptAfter]:
+    """The callback class :class:`InterruptAfter` (``interrupt_after(4)`` stops after step 5)."""
+    return InterruptAfter

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from transferkit.errors import ConfigError
-from transferkit.train import Callback, Trainer
+from transferkit.train import Trainer
 from transferkit.train.checkpoint import load_checkpoint
 
 
@@ -31,15 +31,6 @@ def data(n: int = 3, seed: int = 1):
 
 
 VAL = data(1, seed=7)
-
-
-class InterruptAt(Callback):
-    def __init__(self, step: int) -> None:
-        self.step = step
-
-    def on_batch_end(self, trainer):
-        if trainer.step == self.step:
-            trainer._sigint = True
 
 
 def trainer(model: nn.Module, out_dir: Path, **kwargs) -> Trainer:
@@ -64,10 +55,10 @@ def test_compile_runs_the_model_through_a_wrapper_and_keeps_its_names(tmp_path, 
     assert line.startswith("torch.compile: on; the first step took ") and "of compiling" in line
 
 
-def test_a_compiled_run_with_an_average_resumes_mid_epoch_exactly(tmp_path):
+def test_a_compiled_run_with_an_average_resumes_mid_epoch_exactly(tmp_path, interrupt_after):
     straight = trainer(net(), tmp_path / "a", compile=True, ema=0.9)
     straight.fit(data(), VAL)
-    stopped = trainer(net(), tmp_path / "b", compile=True, ema=0.9, callbacks=[InterruptAt(4)])
+    stopped = trainer(net(), tmp_path / "b", compile=True, ema=0.9, callbacks=[interrupt_after(4)])
     stopped.fit(data(), VAL)
     assert stopped.interrupted and stopped.step == 5 and stopped.batch_in_epoch == 2
     resumed = trainer(net(seed=5), tmp_path / "b", compile=True, ema=0.9)

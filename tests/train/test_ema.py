@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from transferkit.errors import CheckpointError, ConfigError
-from transferkit.train import Callback, ModelEma, Trainer, ema_decay
+from transferkit.train import ModelEma, Trainer, ema_decay
 from transferkit.train.checkpoint import load_checkpoint, save_checkpoint
 from transferkit.train.ema import check_ema
 
@@ -139,20 +139,9 @@ def test_without_a_best_epoch_the_model_ends_with_the_last_average(how, caplog):
     assert line in caplog.text
 
 
-class InterruptAt(Callback):
-    """Act as if Ctrl-C arrived during optimizer step ``step``."""
-
-    def __init__(self, step: int) -> None:
-        self.step = step
-
-    def on_batch_end(self, trainer):
-        if trainer.step == self.step:
-            trainer._sigint = True
-
-
-def test_an_interrupted_fit_keeps_the_live_weights(tmp_path):
+def test_an_interrupted_fit_keeps_the_live_weights(tmp_path, interrupt_after):
     model = net()
-    t = trainer(model, tmp_path, ema=0.9, callbacks=[InterruptAt(4)])
+    t = trainer(model, tmp_path, ema=0.9, callbacks=[interrupt_after(4)])
     t.fit(data(), data(1, seed=7))
     assert t.interrupted and t.restored_epoch is None
     ckpt = load_checkpoint(tmp_path / "last.pt")
