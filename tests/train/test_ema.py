@@ -50,7 +50,7 @@ def test_the_decay_warms_up_to_its_target():
     assert steps == sorted(steps) and steps[-1] == 0.99
 
 
-def test_updates_follow_the_warmed_up_formula_for_weights_and_batchnorm_statistics():
+def test_weights_follow_the_warmed_up_formula_and_batchnorm_statistics_are_copied():
     model = net()
     ema = ModelEma(model, decay=0.9)
     expected = None
@@ -66,15 +66,18 @@ def test_updates_follow_the_warmed_up_formula_for_weights_and_batchnorm_statisti
             expected = now  # the first update copies
         else:
             d = ema_decay(step, decay=0.9)
-            expected = {k: (torch.lerp(expected[k], now[k], 1 - d) if now[k].is_floating_point()
-                            else now[k]) for k in now}
+            buffers = {n for n, _ in model.named_buffers()}
+            expected = {k: now[k] if k in buffers else torch.lerp(expected[k], now[k], 1 - d)
+                        for k in now}
     got = ema.module.state_dict()
     for k in expected:
-        torch.testing.assert_close(got[k], expected[k], rtol=0, atol=1e-6, msg=k)
+        assert torch.equal(got[k], expected[k]), k  # the same lerp, bitwise
     assert ema.updates == 5 and ema.current_decay() == ema_decay(4, decay=0.9)
-    # running statistics are averaged (not the model's), the batch count copied
-    assert not torch.equal(got["1.running_mean"], model.state_dict()["1.running_mean"])
-    assert got["1.num_batches_tracked"] == model.state_dict()["1.num_batches_tracked"] == 5
+    # the running statistics are the model's, bitwise; the weights are not
+    for name in ("1.running_mean", "1.running_var", "1.num_batches_tracked"):
+        assert torch.equal(got[name], model.state_dict()[name]), name
+    assert not torch.equal(got["1.weight"], model.state_dict()["1.weight"])
+    assert got["1.num_batches_tracked"] == 5
 
 
 def test_frozen_parameters_stay_bitwise_equal_to_the_models():

@@ -337,7 +337,7 @@ class Trainer:
         if self.ema is not None and self.dist.is_main:
             log.info("ema: validation, monitor, best.pt and the weights fit ends with are those "
                      "of an exponential moving average of the weights (decay min(%g, 1 - (1 + "
-                     "n)^-%.3g) after n updates; BatchNorm statistics averaged alike)",
+                     "n)^-%.3g) after n updates; BatchNorm statistics copied from the model)",
                      self.ema.decay, EMA_WARMUP_POWER)
         try:
             with self._sigint_handler():
