@@ -8,8 +8,8 @@ FashionMNIST; warm-up steps are not timed. Variants (``--variants``, joined with
   ``Resize`` + ``ToTensor``), 3-channel model fed ``torch.cat((X, X, X), 1)``, fp32;
 - ``tk``: ``Trainer`` + ``TensorLoader`` (batched uint8 -> float, resize, normalise), fp32,
   1-channel model; flags: ``cl`` channels_last, ``bf16`` autocast (``precision="bf16"``),
-  ``compile`` (``model.compile()``; the first step's extra time is reported as compile
-  time), ``t1`` / ``t2`` one / two intra-op threads (default: ``--threads``), ``body`` /
+  ``compile`` (``Trainer(compile=True)``; the first step's extra time is reported as
+  compile time), ``t1`` / ``t2`` one / two intra-op threads (default: ``--threads``), ``body`` /
   ``bitfit`` a freezing policy (frozen layers before the trainable ones get no backward);
 - ``cache``: the head trained on cached outputs of the frozen body (valid when no
   augmentation touches the images): epoch 1 costs one no-grad forward pass per image
@@ -27,6 +27,8 @@ Usage::
     python benchmarks/throughput.py --threads 1 --sizes 28,64    # about 5 min (shared CPU)
     python benchmarks/throughput.py --threads 1 --sizes 224      # about 5 min
     python benchmarks/throughput.py --sizes 28 --variants seed,tk,tk+compile
+    python benchmarks/throughput.py --threads 1 --backbones efficientnet_lite0 --sizes 32 \
+        --variants tk+cl,tk+cl+compile --steps 300 --repeats 1    # compile=True vs False
     python benchmarks/throughput.py --quick             # seconds (tests)
 """
 
@@ -145,8 +147,6 @@ def tk_loop(
     model: nn.Module, loader: TensorLoader, v: Variant, warmup: int
 ) -> dict[str, float]:
     """Train with ``Trainer`` + ``TensorLoader`` under the variant's settings."""
-    if "compile" in v.flags:
-        model.compile()
     timer = StepTimer()
     trainer = Trainer(
         model,
@@ -155,6 +155,7 @@ def tk_loop(
         device="cpu",
         precision="bf16" if "bf16" in v.flags else "fp32",
         channels_last="cl" in v.flags,
+        compile="compile" in v.flags,
         freeze=v.freeze,
         callbacks=[timer],
         progress=False,

@@ -21,10 +21,12 @@ from torch import nn
 
 import transferkit.cli.catalog as cli_catalog
 import transferkit.cli.export as cli_export
+import transferkit.cli.train as cli_train
 from transferkit._version import __version__
 from transferkit.backbones.model_file import load_model, save_model
 from transferkit.backbones.registry import create, register_backbone, unregister_backbone
 from transferkit.cli import main
+from transferkit.errors import ConfigError
 from transferkit.recipes import DEFAULT_RECIPE
 
 TINY = "tktest:clitiny"
@@ -666,3 +668,35 @@ def test_labels_with_fashion_mnist_is_an_error(capsys, tmp_path) -> None:
                        "--out", tmp_path / "o", *_fast())
     assert code == 1
     assert_one_line_error(err, "--val, --test and --labels apply to image folders")
+def test_ema_compile_and_tta_options_reach_the_run_and_its_config(capsys, tmp_path) -> None:
+    data, out = _split(tmp_path / "data"), tmp_path / "run"
+    code, _, err = run(capsys, "train", "--data", data, "--out", out, "--recipe", "full",
+                       "--ema", "0.9", "--tta", "flip", "--augment", "none",
+                       *_fast("--epochs", "2"))
+    assert code == 0, err
+    assert "ema: validation, monitor, best.pt and the weights fit ends with" in err
+    assert "restored the EMA weights of epoch" in err or "kept the EMA weights" in err
+    history = json.loads((out / "history.json").read_text())
+    assert all("ema_decay" in r for r in history)
+    report = (out / "report.md").read_text()
+    assert "| **test-time augmentation** | flip |" in report and "| **EMA decay** | 0.9 |" in report
+    lines = (out / "config.toml").read_text().splitlines()
+    assert "ema = 0.9" in lines and 'tta = "flip"' in lines and "compile = true" not in lines
+    code, _, err = run(capsys, "train", "--data", data, "--out", tmp_path / "x", "--ema", "1",
+                       *_fast())
+    assert code == 2 and "argument --ema: must be a decay in (0, 1), got '1'" in err
+    assert not (tmp_path / "x").exists()
+
+
+def test_compile_reaches_fine_tune(capsys, tmp_path, monkeypatch) -> None:
+    seen = {}
+
+    def fake(*args, **kwargs):
+        seen.update(kwargs)
+        raise ConfigError("stopped by the test")
+
+    monkeypatch.setattr(cli_train, "fine_tune", fake)
+    code, _, err = run(capsys, "train", "--data", _split(tmp_path / "data"), "--out",
+                       tmp_path / "run", "--compile", *_fast("--epochs", "1"))
+    assert code == 1 and "stopped by the test" in err
+    assert seen["compile"] is True and seen["ema"] is None

@@ -276,3 +276,25 @@ def test_a_checkpoint_is_read_with_weights_only(capsys, tmp_path: Path) -> None:
     assert not (tmp_path / "code-ran").exists()  # refused, not executed
     assert err.startswith(f"transferkit: error: Checkpoint {str(path)!r} cannot be read")
     assert len(err.splitlines()) == 1
+
+
+def test_tta_flip_averages_the_image_and_its_mirror(capsys, model_file, tmp_path) -> None:
+    # 12 px, the model's size: no resize (a resized mirror is not exactly a mirrored resize)
+    pixels = torch.randint(0, 256, (12, 12, 3), generator=torch.Generator().manual_seed(0),
+                           dtype=torch.uint8).numpy()
+    Image.fromarray(pixels).save(tmp_path / "a.png")
+    Image.fromarray(pixels[:, ::-1].copy()).save(tmp_path / "mirror.png")
+
+    def probs(*argv: object) -> list[dict[str, float]]:
+        code, out, err = run(capsys, "predict", model_file, *argv, "--topk", "3",
+                             "--format", "json")
+        assert (code, err) == (0, "")
+        return [{p["class"]: p["prob"] for p in r["predictions"]} for r in json.loads(out)]
+
+    plain, mirrored = probs(tmp_path / "a.png", tmp_path / "mirror.png")
+    (averaged,) = probs(tmp_path / "a.png", "--tta", "flip")
+    assert plain != mirrored  # the model is not mirror-symmetric: the test can fail
+    for name in ("cat", "dog", "owl"):
+        assert averaged[name] == pytest.approx((plain[name] + mirrored[name]) / 2, abs=1e-6)
+    code, _, err = run(capsys, "predict", model_file, tmp_path / "a.png", "--tta", "flips")
+    assert code == 2 and "invalid choice: 'flips'" in err

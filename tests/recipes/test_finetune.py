@@ -440,3 +440,26 @@ def test_balanced_with_a_loader_says_where_to_set_it():
     with pytest.raises(ConfigError, match=r"balanced=True apply when train is \(images, labels"
                                           r"\).*BalancedSampler\(labels\)"):
         fine_tune(_model(), data, epochs=1, device="cpu", balanced=True)
+@pytest.mark.parametrize(("recipe", "extra", "phase", "prefix"), [
+    ("linear_probe", {}, "probe", {"fc.": "head."}),  # the head on cached features
+    ("full", {"freeze_stages": 3}, "finetune", {"": "model."}),  # stages on a cache
+], ids=["probe-on-features", "stages-on-a-cache"])
+def test_ema_on_the_cached_paths_ends_with_the_best_average(tmp_path, recipe, extra, phase,
+                                                            prefix):
+    data = _tiny_batches()
+    model = _model()
+    result = fine_tune(model, data, data, recipe=recipe, epochs=3, device="cpu",
+                       progress=False, out_dir=tmp_path, ema=0.9, **extra)
+    # 2 steps an epoch: epoch e's last update is the (2e)-th
+    assert [r["ema_decay"] for r in result.history] == [
+        tk.train.ema_decay(2 * e - 1, decay=0.9) for e in (1, 2, 3)]
+    best = tk.load_checkpoint(tmp_path / phase / "best.pt")
+    (mine, theirs), = prefix.items()
+    averaged = {k.replace(theirs, mine, 1): v for k, v in best["ema"]["model"].items()}
+    state = model.state_dict()
+    assert averaged.keys() <= state.keys() and {"fc.weight", "fc.bias"} <= averaged.keys()
+    for k, v in averaged.items():
+        assert torch.equal(state[k], v), k  # the model holds the best epoch's average
+    val_loss = result.history[best["epoch"] - 1]["val_loss"]
+    assert result.trainer.evaluate(data)["loss"] == pytest.approx(val_loss, rel=1e-4)
+    assert result.trainer.ema is None  # the Trainer over the whole model trained nothing

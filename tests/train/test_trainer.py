@@ -537,6 +537,36 @@ def test_tensor_loader_resumes_mid_epoch_exactly(tmp_path):
     assert strip == [{k: v for k, v in r.items() if k != "time"} for r in resumed.history]
 
 
+def run_ema(tmp_path: Path, callbacks=(), resume=None) -> Trainer:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(),
+                          nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Dropout(0.3), nn.Linear(16, 3))
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    trainer = make(model, epochs=3, optimizer=opt, out_dir=tmp_path, callbacks=callbacks,
+                   topk=(1,), ema=0.9, monitor="val_acc")
+    g = torch.Generator().manual_seed(5)
+    val = [(torch.randn(6, 1, 8, 8, generator=g), torch.randint(0, 3, (6,), generator=g))] * 2
+    trainer.fit(tensor_loader(), val, resume=resume)
+    return trainer
+
+
+def test_ema_resumes_mid_epoch_exactly(tmp_path):
+    straight = run_ema(tmp_path / "a")
+    assert straight.ema.updates == 24 and straight.restored_epoch is not None
+    stopped = run_ema(tmp_path / "b", callbacks=[InterruptAt(13)])
+    assert stopped.interrupted and stopped.batch_in_epoch == 5 and stopped.ema.updates == 13
+    resumed = run_ema(tmp_path / "b", resume=True)
+    assert resumed.restored_epoch == straight.restored_epoch
+    for a, b in ((straight.model, resumed.model), (straight.ema.module, resumed.ema.module)):
+        sa, sb = a.state_dict(), b.state_dict()
+        assert sa.keys() == sb.keys()
+        for k in sa:
+            assert torch.equal(sa[k], sb[k]), k  # bitwise, the average's BatchNorm included
+    strip = [{k: v for k, v in r.items() if k != "time"} for r in straight.history]
+    assert strip == [{k: v for k, v in r.items() if k != "time"} for r in resumed.history]
+    assert "ema_decay" in strip[0]
+
+
 def test_resume_with_another_seed_warns(tmp_path):
     make(tiny_cnn(), epochs=1, out_dir=tmp_path, seed=1).fit(batches(1))
     with pytest.warns(UserWarning, match="seed=1.*HINT"):

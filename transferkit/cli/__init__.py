@@ -32,6 +32,8 @@ from transferkit.cli import catalog, config, export, predict, train
 from transferkit.data.augment import AUGMENT_PRESETS
 from transferkit.errors import TransferKitError
 from transferkit.recipes.table import DEFAULT_RECIPE
+from transferkit.train.ema import check_ema
+from transferkit.train.tta import TTA_MODES
 
 __all__ = ["EXIT_BROKEN_PIPE", "build_parser", "main"]
 
@@ -67,6 +69,12 @@ def _lr(text: str) -> float | str:
         return float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"must be a number or 'find', got {text!r}") from None
+def _decay(text: str) -> float | None:
+    try:
+        return check_ema(float(text))
+    except ValueError:  # not a number, or ConfigError: not in (0, 1)
+        raise argparse.ArgumentTypeError(f"must be a decay in (0, 1), got {text!r}; e.g. "
+                                         "0.999") from None
 
 
 def _one_line(exc: BaseException) -> str:
@@ -142,6 +150,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--patience", type=_positive_int, default=None, metavar="N",
                    help="stop early after N epochs without a better validation loss "
                         "(default: off; the best epoch's weights are kept either way)")
+    p.add_argument("--ema", type=_decay, default=None, metavar="DECAY",
+                   help="validate, select and keep an EMA of the weights, e.g. 0.999")
+    p.add_argument("--compile", action="store_true", help="train through torch.compile")
+    p.add_argument("--tta", choices=tuple(TTA_MODES), default="none",
+                   help="test-time augmentation of the final test (default: none)")
     p.add_argument("--resume", action="store_true",
                    help="continue an interrupted run in --out (same options)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
@@ -189,6 +202,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="write the predictions to FILE (atomically) instead of stdout")
     p.add_argument("--strict", action="store_true",
                    help="stop (exit 1) at the first unreadable file instead of skipping it")
+    p.add_argument("--tta", choices=tuple(TTA_MODES), default="none",
+                   help="test-time augmentation: average the softmax over views")
     p.add_argument("--device", default="cpu")
     p.set_defaults(func=predict.cmd_predict)
 

@@ -12,6 +12,8 @@
   stdout or in ``--output FILE``, written atomically once every image is classified.
   The probabilities are the softmax of the logits, or for a multi-label model (``train
   --labels``: ``task`` in the model file) each class's sigmoid, independent of the others.
+- **Test-time augmentation** (``--tta flip``...): the probabilities are averaged over fixed
+  views of each image (:data:`transferkit.train.tta.TTA_MODES`).
 - **Model**: a model file (``model.safetensors``). A training checkpoint (``best.pt``,
   ``last.pt``) lacks the backbone, class names and preprocessing needed to rebuild the
   model: it is recognised (read with ``weights_only=True``) and the error names the model
@@ -40,6 +42,7 @@ from transferkit.data import IMG_EXTENSIONS, decode_image, list_images
 from transferkit.errors import CheckpointError, ConfigError, DataError
 from transferkit.train.checkpoint import load_checkpoint
 from transferkit.train.state import CHECKPOINT_FORMAT
+from transferkit.train.tta import tta_probs
 
 __all__ = ["FORMATS", "NAMED", "cmd_predict"]
 
@@ -67,7 +70,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         raise ConfigError(f"predict reads 1- or 3-channel images; the model has "
                           f"in_chans={meta.in_chans}.")
     results = _classify(model, meta, _inputs(args.images), topk=args.topk,
-                        device=args.device, strict=args.strict)
+                        device=args.device, strict=args.strict, tta=args.tta)
     text = _render(results, fmt)
     if output is None:
         sys.stdout.write(text)
@@ -141,7 +144,8 @@ def _inputs(arguments: Sequence[str]) -> Iterator[tuple[str, str | None]]:
 
 
 def _classify(model: nn.Module, meta: ModelMeta, inputs: Iterator[tuple[str, str | None]],
-              *, topk: int, device: str, strict: bool) -> list[tuple[str, list[tuple[str, float]]]]:
+              *, topk: int, device: str, strict: bool,
+              tta: str = "none") -> list[tuple[str, list[tuple[str, float]]]]:
     """Decode and classify the images in batches; skip (or, strict, stop at) unreadable ones."""
     mean = torch.tensor(meta.mean).view(1, -1, 1, 1)
     std = torch.tensor(meta.std).view(1, -1, 1, 1)
@@ -154,8 +158,8 @@ def _classify(model: nn.Module, meta: ModelMeta, inputs: Iterator[tuple[str, str
     def run_batch() -> None:
         x = torch.stack([t for _, t in batch]).float().div_(255)
         with torch.no_grad():
-            logits = model(((x - mean) / std).to(device)).float().cpu()
-        probs = logits.sigmoid() if multi_label else logits.softmax(-1)
+            probs = tta_probs(model, ((x - mean) / std).to(device), tta,
+                              multi_label=multi_label).cpu()
         top = probs.topk(k, dim=-1)
         for i, (path, _) in enumerate(batch):
             results.append((path, [(meta.class_names[int(c)], float(p))

@@ -207,7 +207,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         body_lr=args.body_lr, batch_size=args.batch_size, image_size=size,
         augment=args.augment, freeze_stages=args.freeze_stages, precision=args.precision,
         patience=args.patience, resume=args.resume, out_dir=out, device=args.device,
-        seed=args.seed, balanced=args.balanced, callbacks=loggers,
+        seed=args.seed, balanced=args.balanced, callbacks=loggers, ema=args.ema,
+        compile=args.compile,
         **{k: v for k in ("mixup", "cutmix", "label_smoothing", "class_weights")
            if (v := getattr(args, k)) is not None})
     if result.lr_find is not None:
@@ -221,7 +222,9 @@ def cmd_train(args: argparse.Namespace) -> int:
                              **{line.split(":", 1)[0]: line.split(":", 1)[1].strip()
                                 for line in data.sources},
                              "image size": size, "in_chans": in_chans,
-                             "epochs": len(result.history), "device": str(args.device)}
+                             "epochs": len(result.history), "device": str(args.device),
+                             "test-time augmentation": args.tta,
+                             **({"EMA decay": args.ema} if args.ema is not None else {})}
     if pair is not None:
         loader = TensorLoader(*pair, batch_size=256, image_size=size, mean=info.mean,
                               std=info.std, num_classes=len(data.classes))
@@ -231,7 +234,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                                          title=title, facts=facts, settings=settings,
                                          seconds=time.perf_counter() - start)
         else:
-            probs = result.trainer.predict(loader)
+            probs = result.trainer.predict(loader, tta=args.tta)
             facts["wall time (s)"] = round(time.perf_counter() - start, 1)
             _, metrics = write_run_report(
                 out, title=title, facts=facts, history=result.history, probs=probs,

@@ -433,11 +433,14 @@ def fine_tune(
             (``TensorLoader(balanced=True)``; for a loader, use
             :class:`~transferkit.data.BalancedSampler` or that option yourself).
         **trainer_kwargs: Other :class:`~transferkit.train.trainer.Trainer` arguments
-            (``weight_decay``, ``warmup``, ``grad_clip``, ``loss_fn``, ``monitor``, and the
-            targets' ``task``, ``label_smoothing``, ``class_weights``, ``threshold``,
-            ``mixup``, ``cutmix``...). Mixup and CutMix mix images: refused where a phase
+            (``weight_decay``, ``warmup``, ``grad_clip``, ``loss_fn``, ``monitor``, ``ema``,
+            ``compile``, and the targets' ``task``, ``label_smoothing``, ``class_weights``,
+            ``threshold``, ``mixup``, ``cutmix``...). Mixup and CutMix mix images: refused where a phase
             trains on a cache (``linear_probe`` with ``cache_features``, ``freeze_stages``);
             ``lp_ft`` mixes in its fine-tuning phase only (said in ``result.notes``).
+            Every phase's Trainer gets them: with ``ema``, each phase averages its own
+            weights (a probe on cached features, its head) and ends with them, so
+            ``lp_ft`` fine-tunes from the probe's averaged head.
 
     Returns:
         A :class:`FineTuneResult`.
@@ -573,7 +576,7 @@ def fine_tune(
     if trainer.model is not model:  # trained a view: a Trainer over the model, for images
         # It evaluates and predicts with the trained phase's task and loss.
         kept = {k: v for k, v in {**common, **trainer_kwargs}.items()
-                if k not in ("label_smoothing", "class_weights")}
+                if k not in ("label_smoothing", "class_weights", "ema")}  # it trains nothing
         trainer = Trainer(model, **{**kept, "epochs": epochs, "lr": trainer.lr,
                                     "task": trainer.task, "loss_fn": trainer.loss_fn})
     trainer.history = list(history)

@@ -14,6 +14,9 @@
 - :mod:`~transferkit.train.targets`: what a target batch means (class indices, soft or
   multi-hot: the task), its loss, class weights; :mod:`~transferkit.train.mixing`: mixup
   and CutMix; :mod:`~transferkit.train.multilabel_metrics`: mAP and F1;
+- :mod:`~transferkit.train.ema` (``ema=``: an average of the weights, validated and kept),
+  :mod:`~transferkit.train.compiling` (``compile=True``) and
+  :mod:`~transferkit.train.tta` (test-time augmentation in ``evaluate``/``predict``);
 - :mod:`~transferkit.train.batch_checks`, :mod:`~transferkit.train.history`,
   :mod:`~transferkit.train.metrics`, :mod:`~transferkit.train.devices`,
   :mod:`~transferkit.train.interrupts`, :mod:`~transferkit.train.distributed` (with
@@ -30,6 +33,7 @@ from transferkit.train.callbacks import EVENTS, Callback
 from transferkit.train.checkpoint import load_checkpoint, save_checkpoint
 from transferkit.train.devices import select_device
 from transferkit.train.distributed import cleanup
+from transferkit.train.ema import ModelEma, ema_decay
 from transferkit.train.loggers import CSVLogger, MetricLogger, TensorBoardLogger
 from transferkit.train.lr_finder import LRFindResult, lr_find, suggest_lr
 from transferkit.train.mixing import batch_mixer
@@ -37,6 +41,7 @@ from transferkit.train.multilabel_metrics import average_precision
 from transferkit.train.schedules import WarmupCosine, warmup_cosine, warmup_cosine_scheduler
 from transferkit.train.targets import TASKS, check_targets, task_loss
 from transferkit.train.trainer import Trainer, check_trainer_args
+from transferkit.train.tta import TTA_MODES, tta_probs, tta_views
 
 __all__ = [
     "EVENTS",
@@ -46,6 +51,9 @@ __all__ = [
     "LRFindResult",
     "MetricLogger",
     "TensorBoardLogger",
+    "TTA_MODES",
+    "Callback",
+    "ModelEma",
     "Trainer",
     "WarmupCosine",
     "average_precision",
@@ -53,12 +61,15 @@ __all__ = [
     "check_targets",
     "check_trainer_args",
     "cleanup",
+    "ema_decay",
     "load_checkpoint",
     "lr_find",
     "save_checkpoint",
     "select_device",
     "suggest_lr",
     "task_loss",
+    "tta_probs",
+    "tta_views",
     "warmup_cosine",
     "warmup_cosine_scheduler",
 ]

@@ -6,6 +6,11 @@ place, none of it on the accelerator. When ``fit`` returns, :meth:`BestWeights.r
 loads the best epoch's weights into the model and says so in one log line. After a resume
 the best epoch can predate the run; then the ``best.pt`` written beside the checkpoint
 holds its weights, and they are read from there.
+
+With ``Trainer(ema=...)`` the weights validated, kept and restored are the average's
+(:class:`~transferkit.train.ema.ModelEma`), read from the ``"ema"`` entry of ``best.pt``;
+when no best epoch can be restored the model gets the average's last weights instead.
+Weights are kept and loaded under the model's own names (``unwrap(model, views=False)``).
 """
 
 from __future__ import annotations
@@ -18,8 +23,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from transferkit.adaptation.core import unwrap
 from transferkit.errors import CheckpointError
 from transferkit.train.distributed import DistInfo, all_reduce_sum
+from transferkit.train.ema import ModelEma
 from transferkit.train.state import read_state
 
 __all__ = ["BestWeights", "is_validation_metric"]
@@ -57,7 +64,8 @@ class BestWeights:
         self.epoch = epoch
 
     def weights_of(
-        self, epoch: int, model: nn.Module, *, file: str | os.PathLike[str] | None
+        self, epoch: int, model: nn.Module, *, file: str | os.PathLike[str] | None,
+        ema: bool = False,
     ) -> tuple[dict[str, Any], str]:
         """Return the weights of ``epoch`` and where they are from (``"memory"`` or ``file``).
 
@@ -65,6 +73,7 @@ class BestWeights:
             epoch: The best epoch (1-based).
             model: The model they are for (keys and shapes are checked against it).
             file: The ``best.pt`` to read when the copy in memory is of another epoch.
+            ema: Read the average's weights from ``file`` (its ``"ema"`` entry).
 
         Raises:
             CheckpointError: Neither the copy nor ``file`` holds that epoch, or the weights
@@ -83,7 +92,11 @@ class BestWeights:
                 raise CheckpointError(
                     f"{str(file)!r} holds epoch {state.get('epoch')}, not the best epoch {epoch}"
                 )
-            weights, source = state["model"], str(file)
+            entry = state.get("ema") if ema else state
+            if not isinstance(entry, dict):
+                raise CheckpointError(f"{str(file)!r} holds no EMA weights (written with "
+                                      "ema=None)")
+            weights, source = entry["model"], str(file)
         _check_fits(weights, model.state_dict(), source)
         return weights, source
 
@@ -97,12 +110,15 @@ class BestWeights:
         monitor: str | None,
         file: str | os.PathLike[str] | None,
         dist: DistInfo,
+        ema: ModelEma | None = None,
     ) -> int | None:
         """Load the best epoch's weights into ``model``; return that epoch, or ``None``.
 
         ``None`` means the model keeps the last epoch's weights: without a validation
         ``monitor``, or when the best weights cannot be had (a warning says why). Under
         DDP every rank restores, or none does. One log line says what was done.
+        With ``ema``, the weights kept were the average's: the best epoch's average is
+        restored, and ``None`` means the model gets the average's last weights.
 
         Args:
             model: The trained model.
@@ -111,23 +127,27 @@ class BestWeights:
             monitor: The key that decided the best epoch.
             file: The ``best.pt`` holding a best epoch that predates this copy.
             dist: The process group's layout.
+            ema: The run's average of the weights, when it validated that.
         """
         if not history:
             return None
         say = log.info if dist.is_main else log.debug
-        last = history[-1]["epoch"]
+        last, what = history[-1]["epoch"], "the EMA weights" if ema is not None else "the weights"
+        model = unwrap(model, views=False)  # the names weights are kept under
         if not is_validation_metric(monitor):
-            say("kept the weights of the last epoch (%d): monitor %s is not a validation "
-                "metric, so there is no best epoch to restore", last, monitor)
+            if ema is not None:
+                ema.copy_to(model)
+            say("kept %s of the last epoch (%d): monitor %s is not a validation metric, so "
+                "there is no best epoch to restore", what, last, monitor)
             return None
         epoch, score = best["epoch"], f"{monitor} {best['value']:.4g}"
-        if epoch == last:  # the model holds them already
+        if epoch == last and ema is None:  # the model holds them already
             say("kept the weights of epoch %d (%s), the best of %d and the last", epoch,
                 score, len(history))
             return epoch
         weights, source, error = None, "", None
         try:
-            weights, source = self.weights_of(epoch, model, file=file)
+            weights, source = self.weights_of(epoch, model, file=file, ema=ema is not None)
         except CheckpointError as exc:
             error = str(exc)
         if dist.enabled:
@@ -136,13 +156,15 @@ class BestWeights:
             if all_reduce_sum(failed, dist).item() and error is None:
                 error = "another process of the run could not get them"
         if error is not None:
+            if ema is not None:
+                ema.copy_to(model)
             if dist.is_main:
-                log.warning("kept the weights of the last epoch (%d), not those of the best "
-                            "epoch %d (%s): %s", last, epoch, score, error)
+                log.warning("kept %s of the last epoch (%d), not those of the best epoch %d "
+                            "(%s): %s", what, last, epoch, score, error)
             return None
         model.load_state_dict(weights)
         where = "" if source == "memory" else f", from {source}"
-        say("restored the weights of epoch %d (%s), the best of %d%s", epoch, score,
+        say("restored %s of epoch %d (%s), the best of %d%s", what, epoch, score,
             len(history), where)
         return epoch
 

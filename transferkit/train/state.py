@@ -8,6 +8,10 @@ Its ``model`` entry is the state of the module the Trainer trains without the wr
 only change how it runs (``torch.compile``, DDP: ``unwrap(model, views=False)``), so a run
 compiled or not resumes either way. Resuming is all or nothing: :func:`read_state` and
 :func:`load_into` check every entry, name and shape before anything changes.
+
+An optional ``ema`` entry holds the average of a run with ``ema=``
+(:meth:`~transferkit.train.ema.ModelEma.state_dict`, ``None`` without one); checkpoints
+written before it existed lack it and load as ``None``.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from transferkit.adaptation.core import unwrap
 from transferkit.adaptation.freezing import check_freeze_state, freeze_state, load_freeze_state
 from transferkit.errors import CheckpointError, ConfigError
 from transferkit.train.checkpoint import get_rng_state, load_checkpoint, set_rng_state
+from transferkit.train.ema import ModelEma, resume_ema
 
 __all__ = ["CHECKPOINT_FORMAT", "freeze_record", "load_into", "model_state", "read_state"]
 
@@ -60,7 +65,8 @@ def read_state(path: str | os.PathLike[str]) -> dict[str, Any]:
         )
     missing = [k for k in _ENTRIES if k not in state]
     kinds = {"model": dict, "optimizer": dict, "freeze": (dict, type(None)), "history": list,
-             "best": dict, "epoch": int, "step": int, "batch_in_epoch": int}
+             "best": dict, "epoch": int, "step": int, "batch_in_epoch": int,
+             "ema": (dict, type(None))}  # "ema" is optional
     wrong = [k for k, kind in kinds.items() if k in state and not isinstance(state[k], kind)]
     if missing or wrong:
         raise CheckpointError(
@@ -89,17 +95,20 @@ def load_into(
     scheduler: Any | None,
     scaler: Any | None,
     path: str | os.PathLike[str],
+    ema: ModelEma | None = None,
 ) -> None:
     """Load a checkpoint's freezing state, weights, optimizer, scheduler and scaler state.
 
-    All or nothing: the freezing state and every tensor name and shape of the model are
-    checked first; the optimizer, scheduler and scaler states are then loaded (each one's
-    state is saved first, and a failure, even half-way through one of them, puts back every
-    one loaded so far); the model's tensors and freezing come last, once nothing can fail.
+    All or nothing: the freezing state and every tensor name and shape of the model (and
+    of its average, for a Trainer with ``ema``) are checked first; the optimizer,
+    scheduler and scaler states are then loaded (each one's state is saved first, and a
+    failure, even half-way through one of them, puts back every one loaded so far); the
+    model's tensors, its average and freezing come last, once nothing can fail.
 
     Raises:
-        CheckpointError: The checkpoint does not fit this model or optimizer; then the
-            model, optimizer, scheduler, scaler and freezing state are as they were.
+        CheckpointError: The checkpoint does not fit this model, average or optimizer; then
+            the model, average, optimizer, scheduler, scaler and freezing state are as they
+            were.
     """
     target = unwrap(model, views=False)
     fix = ("Nothing was loaded: resume with the model it was saved from (same architecture, "
@@ -112,6 +121,7 @@ def load_into(
             check_freeze_state(target, state["freeze"])
         except ConfigError as exc:
             raise CheckpointError(f"Checkpoint {str(path)!r}: {exc} {fix}") from exc
+    load_ema = resume_ema(ema, state.get("ema"), path=path)
     # A load_state_dict can fail half-way (GradScaler, LambdaLR): save each part's state
     # before loading it, and put back every part touched. Loading replaces a part's state,
     # it never edits the saved tensors in place, so what was saved stays intact.
@@ -133,5 +143,6 @@ def load_into(
             "scheduler of the run that wrote it (same parameter groups, same scheduler type)."
         ) from exc
     target.load_state_dict(weights, strict=True)
+    load_ema()
     if state["freeze"] is not None:
         load_freeze_state(target, state["freeze"])

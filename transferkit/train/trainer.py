@@ -13,8 +13,9 @@ The loop is here; its parts live in their own modules of :mod:`transferkit.train
 ``batch_checks`` (the first-batch checks, ``set_epoch``), ``targets`` (the task of the
 targets, its loss, class weights), ``mixing`` (mixup, CutMix), ``history`` (best epoch,
 early stopping, history files), ``state`` (the checkpoint format), ``schedules``, ``optim``,
-``unfreezing`` (the gradual unfreezing plan), ``devices``, ``distributed``, ``metrics``
-and ``interrupts`` (Ctrl-C).
+``unfreezing`` (the gradual unfreezing plan), ``devices``, ``depthwise`` (CPU speed path),
+``distributed``, ``metrics``, ``interrupts`` (Ctrl-C), ``ema`` (the average of the
+weights), ``compiling`` (``compile=True``) and ``tta`` (test-time augmentation).
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ from transferkit.train.batch_checks import FirstBatch, check_first_batch, data_l
 from transferkit.train.best_weights import BestWeights, is_validation_metric
 from transferkit.train.callbacks import Callback, CallbackList
 from transferkit.train.checkpoint import get_rng_state, save_checkpoint, set_rng_state
+from transferkit.train.compiling import CompileWarmup, check_compile, compiled
 from transferkit.train.depthwise import crop_depthwise
 from transferkit.train.devices import PRECISION_DTYPES, Precision, autocast, select_device
 from transferkit.train.distributed import (
@@ -57,6 +59,7 @@ from transferkit.train.distributed import (
     shard_for_evaluation,
     shard_for_training,
 )
+from transferkit.train.ema import EMA_WARMUP_POWER, ModelEma, check_ema
 from transferkit.train.history import (
     format_epoch,
     new_best,
@@ -83,6 +86,7 @@ from transferkit.train.targets import (
     class_weights_for,
     task_loss,
 )
+from transferkit.train.tta import check_tta, tta_logits, tta_probs
 from transferkit.train.unfreezing import lr_scale, plan_record, restored_plan, unfreezing_plan
 
 __all__ = ["Trainer", "check_trainer_args"]
@@ -133,6 +137,9 @@ class Trainer:
         grad_clip: Clip the gradient norm to this value.
         grad_accum: Micro-batches per optimizer step.
         channels_last: Use the channels-last memory format for model and inputs.
+        compile: Run the model's forward passes through ``torch.compile`` (the model
+            object and its checkpoint names are unchanged); one log line says what the
+            first step's compiling cost.
         topk: The ``k`` of the top-k accuracies reported (``k=1`` is ``*_acc``), single-label;
             multi-label runs report ``*_map`` (validation) and ``*_f1`` instead.
         monitor: History key that decides the best epoch; default ``"val_loss"``
@@ -143,6 +150,11 @@ class Trainer:
             the weights of the best epoch by a validation ``monitor`` (``val_*``), kept
             in memory as one CPU copy (after a resume, read from ``best.pt``) and logged in
             one line; ``trainer.restored_epoch`` names it. ``False``: the last epoch's.
+        ema: Keep an exponential moving average of the weights with this decay (e.g.
+            0.999, warmed up: :func:`~transferkit.train.ema.ema_decay`) and validate it
+            instead of the weights: ``val_*``, ``monitor``, ``best.pt`` and
+            ``restore_best`` are the average's, and ``fit`` ends with the average's
+            weights (of the best epoch, else of the last step). ``None``: off.
         freeze: A freezing policy applied at the start of ``fit`` (see
             :func:`transferkit.freeze`); the model's BatchNorm mode (``bn`` of
             ``freeze_state(model)``) is kept.
@@ -202,10 +214,12 @@ class Trainer:
         grad_clip: float | None = None,
         grad_accum: int = 1,
         channels_last: bool = False,
+        compile: bool = False,
         topk: Sequence[int] = (1, 5),
         monitor: str | None = None,
         patience: int | None = None,
         restore_best: bool = True,
+        ema: float | None = None,
         freeze: str | None = None,
         unfreeze_every: int | None = None,
         unfreeze_until: float | None = None,
@@ -219,6 +233,7 @@ class Trainer:
         patience, unfreeze_every = checked["patience"], checked["unfreeze_every"]
         unfreeze_until = checked["unfreeze_until"]
 
+        check_compile(model, compile)
         self.device = select_device(device, local_rank=int(os.environ.get("LOCAL_RANK", "0")))
         self.dist: DistInfo = setup(self.device)
         if self.dist.is_main:
@@ -244,11 +259,16 @@ class Trainer:
         self.restore_best = restore_best
         self.freeze_policy, self.unfreeze_every = freeze, unfreeze_every
         self.unfreeze_until = unfreeze_until
-        self.callbacks = CallbackList(callbacks)
+        self.callbacks = CallbackList([*callbacks, *([CompileWarmup()] if compile else [])])
         self.out_dir = Path(out_dir) if out_dir is not None else None
         self.progress = progress
         self.scheduler_interval = scheduler_interval
         self.optimizer = optimizer if optimizer is not None else self._default_optimizer()
+        self.ema = ModelEma(self.model, decay=checked["ema"]) if ema is not None else None
+        self.compile = compile
+        self._net = compiled(self.model) if compile else self.model  # the forward passes
+        self._ema_net = (compiled(self.ema.module) if compile else self.ema.module
+                         ) if self.ema is not None else None
         self.scheduler = scheduler
         self._default_schedule = optimizer is None and scheduler is None
         use_scaler = precision == "fp16" and self.device.type == "cuda"
@@ -272,6 +292,7 @@ class Trainer:
         self._sigint = False
         self._unfreezer: Any = None
         self._ddp: nn.Module | None = None
+        self._ddp_net: nn.Module | None = None  # self._ddp, compiled with compile=True
         self._ddp_trainable: tuple[bool, ...] = ()
         self._resume: dict[str, Any] | None = None
         self._epoch_rng: dict[str, Any] | None = None
@@ -360,6 +381,11 @@ class Trainer:
 
         self.should_stop = self.interrupted = self._sigint = False
         self.restored_epoch = None
+        if self.ema is not None and self.dist.is_main:
+            log.info("ema: validation, monitor, best.pt and the weights fit ends with are those "
+                     "of an exponential moving average of the weights (decay min(%g, 1 - (1 + "
+                     "n)^-%.3g) after n updates; BatchNorm statistics copied from the model)",
+                     self.ema.decay, EMA_WARMUP_POWER)
         try:
             with self._sigint_handler(), self._cpu_paths():
                 self._fit_epochs(train_data, val_data, epochs)
@@ -367,7 +393,7 @@ class Trainer:
             # Drop the DDP wrapper: it holds the process group, whose Gloo threads must be
             # joined by destroy_process_group() while Python is alive (a group left to
             # interpreter shutdown can abort the process).
-            self._ddp = None
+            self._ddp = self._ddp_net = None
         return self.history
 
     def _fit_epochs(
@@ -386,7 +412,9 @@ class Trainer:
                                       **head_body_lrs(self.optimizer)}
             record.update(self._reduce(train_sums).result("train"))
             if val_data is not None:
-                record.update(self._run_eval(val_data).result("val"))
+                record.update(self._run_eval(val_data, ema=True).result("val"))
+            if self.ema is not None:  # val_* are the average's: say with which decay
+                record["ema_decay"] = self.ema.current_decay()
             record["time"] = time.perf_counter() - start
             self.history.append(record)
             self._update_best(record)
@@ -399,26 +427,36 @@ class Trainer:
             improved = self.best["epoch"] == record["epoch"]
             self._write_epoch_files(improved=improved)
             if improved and self.restore_best and is_validation_metric(self.monitor):
-                self._best_weights.keep(self.model, record["epoch"])
+                self._best_weights.keep(self._evaluated(), record["epoch"])
         if not self.interrupted and self.restore_best:
             self.restored_epoch = self._best_weights.restore(
                 self.model, best=self.best, history=self.history, monitor=self.monitor,
-                file=self._best_file, dist=self.dist)
+                file=self._best_file, dist=self.dist, ema=self.ema)
+        elif not self.interrupted and self.ema is not None and self.history:
+            self.ema.copy_to(self.model, say=self.dist.is_main)
         self.callbacks.fire("on_fit_end", self)
 
     @torch.no_grad()
-    def evaluate(self, data: Iterable[Any]) -> dict[str, float]:
+    def evaluate(self, data: Iterable[Any], *, tta: str = "none") -> dict[str, float]:
         """Return ``loss``, ``acc``, ``top<k>`` and ``count`` on ``data`` (eval mode, no grad).
 
         Multi-label: ``loss``, ``map``, ``f1`` and ``count``. Under DDP every rank evaluates
         its own share and the sums are all-reduced (the logits gathered for mAP), so each
         sample counts exactly once. A Trainer that has not been fit reads the task from
-        the first batch of ``data``.
+        the first batch of ``data``. The model is evaluated as it is (after ``fit``: the
+        weights it ended with), never its average.
+
+        Args:
+            data: Batches of ``(inputs, targets)``.
+            tta: Test-time augmentation, one of :data:`~transferkit.train.tta.TTA_MODES`:
+                the probabilities (softmax, or sigmoids for multi-label) are averaged over
+                the views and ``loss`` is the loss of the logits of that average.
 
         Raises:
             ConfigError: Not fit yet and ``class_weights="balanced"``: there are no train
                 labels to weigh by.
         """
+        tta = check_tta(tta)
         data = shard_for_evaluation(data, self.dist, seed=self.seed)
         check_same_draw(data, self.dist, "evaluation")
         if self.num_classes is None:
@@ -429,13 +467,14 @@ class Trainer:
             check_same_task(str(first.task), self.dist, self.device)
             self._setup_targets(data, first)
         with self._cpu_paths():
-            sums = self._run_eval(data)
+            sums = self._run_eval(data, tta=tta)
         out = sums.result("")
         out["count"] = sums.count
         return out
 
     @torch.no_grad()
-    def predict(self, data: Iterable[Any], *, probs: bool = True) -> torch.Tensor:
+    def predict(self, data: Iterable[Any], *, probs: bool = True,
+                tta: str = "none") -> torch.Tensor:
         """Return the probabilities (or logits) for every sample, in order, on CPU.
 
         Probabilities are the softmax of the logits, or their sigmoid for a multi-label
@@ -443,8 +482,12 @@ class Trainer:
 
         Args:
             data: Batches of inputs, or of ``(inputs, targets)``.
-            probs: Return probabilities; ``False`` returns the raw logits.
+            probs: Return probabilities; ``False`` returns the raw logits (with ``tta``:
+                the logits of the averaged probabilities, see ``tta_logits``).
+            tta: Test-time augmentation, one of :data:`~transferkit.train.tta.TTA_MODES`:
+                the probabilities are averaged over the views.
         """
+        tta = check_tta(tta)
         was_training = self.model.training
         self.model.eval()
         outs = []
@@ -452,10 +495,9 @@ class Trainer:
             for batch in data:
                 x = batch[0] if isinstance(batch, (tuple, list)) else batch
                 with self._autocast(), self._cpu_paths():
-                    logits = self.model(self._inputs(x)).float()
-                if probs:
-                    logits = logits.sigmoid() if self.task == "multi_label" else logits.softmax(-1)
-                outs.append(logits.cpu())
+                    out = (tta_probs if probs else tta_logits)(
+                        self._net, self._inputs(x), tta, multi_label=self.task == "multi_label")
+                outs.append(out.float().cpu())
         finally:
             self.model.train(was_training)
         if not outs:
@@ -490,8 +532,8 @@ class Trainer:
             window = accum if n is None else min(accum, n - window_start)
             last = i - window_start == window - 1
             sync = contextlib.nullcontext()
-            if isinstance(model, DistributedDataParallel) and not last:
-                sync = model.no_sync()  # all-reduce gradients once per optimizer step
+            if self._ddp is not None and not last:
+                sync = self._ddp.no_sync()  # all-reduce gradients once per optimizer step
             with sync:
                 with self._autocast():
                     logits = model(x)
@@ -559,12 +601,17 @@ class Trainer:
                 nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
             self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
+        if self.ema is not None:
+            self.ema.update(self.model)
         if self.scheduler is not None and self.scheduler_interval == "step":
             self.scheduler.step()
         self.step += 1
 
-    def _run_eval(self, data: Iterable[Any]) -> MetricSums | MultiLabelSums:
+    def _run_eval(self, data: Iterable[Any], *, ema: bool = False,
+                  tta: str = "none") -> MetricSums | MultiLabelSums:
         # The unwrapped model: no DDP collectives, so ranks may hold different batch counts.
+        # ema: validation during fit, of the average when there is one.
+        net = self._ema_net if ema and self._ema_net is not None else self._net
         was_training = self.model.training
         self.model.eval()
         sums = self._new_sums(evaluation=True)
@@ -573,7 +620,7 @@ class Trainer:
                 for x, y in data:
                     x, y = self._batch(x, y)
                     with self._autocast():
-                        logits = self.model(x)
+                        logits = tta_logits(net, x, tta, multi_label=self.task == "multi_label")
                         loss = self.loss_fn(logits, y)
                     sums.update(loss.float(), logits.float(), y)
         finally:
@@ -625,15 +672,20 @@ class Trainer:
 
     def _train_module(self) -> nn.Module:
         if not self.dist.enabled:
-            return self.model
+            return self._net
         trainable = tuple(p.requires_grad for p in self.model.parameters())
         if self._ddp is None or trainable != self._ddp_trainable:
             # DDP only syncs parameters that required grad when wrapped: rewrap after
             # (gradual) unfreezing changes that set.
             ids = [self.device.index] if self.device.type == "cuda" else None
             self._ddp = DistributedDataParallel(self.model, device_ids=ids)
+            self._ddp_net = compiled(self._ddp) if self.compile else self._ddp
             self._ddp_trainable = trainable
-        return self._ddp
+        return self._ddp_net  # type: ignore[return-value]
+
+    def _evaluated(self) -> nn.Module:
+        """The module validation runs (the average, or the model), under its own names."""
+        return self.ema.module if self.ema is not None else unwrap(self.model, views=False)
 
     def _unfreeze_arg(self) -> str:
         if self.unfreeze_until is not None:
@@ -763,6 +815,7 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
             "scaler": self.scaler.state_dict() if self.scaler is not None else None,
+            "ema": self.ema.state_dict() if self.ema is not None else None,
             "epoch": self.epoch,
             "step": self.step,
             "batch_in_epoch": self.batch_in_epoch,
@@ -791,6 +844,7 @@ class Trainer:
             scheduler=self.scheduler,
             scaler=self.scaler,
             path=path,
+            ema=self.ema,
         )
         if state.get("seed", self.seed) != self.seed:
             warnings.warn(
@@ -868,6 +922,8 @@ def _check_config(**values: Any) -> dict[str, Any]:
                           f"L2SP(model), got {v['penalty']!r}.")
     _validate.flag("channels_last", v["channels_last"])
     _validate.flag("restore_best", v["restore_best"])
+    _validate.flag("compile", v["compile"])
+    v["ema"] = check_ema(v["ema"])
     try:
         select_device(v["device"])
     except (RuntimeError, TypeError, ValueError) as exc:
