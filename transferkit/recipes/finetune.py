@@ -435,9 +435,10 @@ def fine_tune(
         **trainer_kwargs: Other :class:`~transferkit.train.trainer.Trainer` arguments
             (``weight_decay``, ``warmup``, ``grad_clip``, ``loss_fn``, ``monitor``, ``ema``,
             ``compile``, and the targets' ``task``, ``label_smoothing``, ``class_weights``,
-            ``threshold``, ``mixup``, ``cutmix``...). Mixup and CutMix mix images: refused where a phase
-            trains on a cache (``linear_probe`` with ``cache_features``, ``freeze_stages``);
-            ``lp_ft`` mixes in its fine-tuning phase only (said in ``result.notes``).
+            ``threshold``, ``mixup``, ``cutmix``...). Mixup and CutMix mix images: refused
+            where a phase trains on a cache (``linear_probe`` with ``cache_features``,
+            ``freeze_stages``); ``lp_ft`` mixes in its fine-tuning phase only (said in
+            ``result.notes``).
             Every phase's Trainer gets them: with ``ema``, each phase averages its own
             weights (a probe on cached features, its head) and ends with them, so
             ``lp_ft`` fine-tunes from the probe's averaged head.
