@@ -32,9 +32,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
 import _common  # noqa: F401  # puts the repository root on sys.path
@@ -44,32 +46,45 @@ import transferkit as tk
 from transferkit.recipes import default_epochs
 
 DATASETS = ("fm10", "digits", "fm30", "photos", "fm100", "fm1000")
-SWEEP = (  # (name, recipe, head lr, body lr, budget multiplier)
-    ("full 1e-2/1e-3 1x", "full", 1e-2, 1e-3, 1.0),
-    ("lp_ft 1e-2/1e-3 1x", "lp_ft", 1e-2, 1e-3, 1.0),
-    ("full 1e-2/1e-3 0.5x", "full", 1e-2, 1e-3, 0.5),
-    ("lp_ft 1e-2/1e-3 2x", "lp_ft", 1e-2, 1e-3, 2.0),
-    ("linear_probe 1x", "linear_probe", 1e-2, None, 1.0),
-    # --all-arms adds these (the 2-core machine was shared when the table was measured):
-    ("full 1e-3/1e-4 1x", "full", 1e-3, 1e-4, 1.0),
-    ("lp_ft 1e-3/1e-4 0.5x", "lp_ft", 1e-3, 1e-4, 0.5),
-    ("full 1e-2/1e-3 2x", "full", 1e-2, 1e-3, 2.0),
+# The sweep, each arm written as --arms takes it ("RECIPE HEAD/BODY BUDGETx [SIZEpx]": the
+# length is BUDGET times the default's; without a size, the default's image size).
+SWEEP_ARMS = (
+    "full 1e-2/1e-3 1x",
+    "lp_ft 1e-2/1e-3 1x",
+    "lp_ft 1e-3/1e-4 2x",
+    "linear_probe 1x",
+    "lp_ft 1e-3/1e-4 1x 32px",  # the default before the image size grew with the budget
+    # --all-arms adds these:
+    "full 1e-2/1e-3 0.5x",
+    "lp_ft 1e-2/1e-3 2x",
+    "full 1e-3/1e-4 1x",
 )
 CORE = 5  # the first CORE arms run by default
 LEAN = ("full 1e-2/1e-3 1x", "full 1e-2/1e-3 0.5x", "linear_probe 1x")  # > 5,000 images
+DEFAULT_ARM = ("default", None, None, None, None, None)  # fine_tune with no settings
 Split = tuple[torch.Tensor, torch.Tensor]
 
 
-def parse_arm(spec: str) -> tuple[str, str, float, float | None, float]:
-    """An arm from its name, ``"RECIPE HEAD/BODY Nx"`` or ``"linear_probe [HEAD] Nx"``."""
+def parse_arm(spec: str) -> tuple[str, str, float, float | None, float, int | None]:
+    """An arm from its name, ``"RECIPE HEAD/BODY Nx [SIZEpx]"`` or ``"linear_probe [HEAD] Nx"``."""
     parts = spec.split()
+    size = None
+    if parts and parts[-1].endswith("px"):
+        try:
+            size = int(parts.pop().removesuffix("px"))
+        except ValueError:
+            raise SystemExit(f"--arms: cannot read the size of {spec!r}; write '96px'") from None
     try:
         recipe, lrs, budget = parts if len(parts) == 3 else (parts[0], "1e-2", parts[1])
         head, _, body = lrs.partition("/")
         return (spec, recipe, float(head), float(body) if body else None,
-                float(budget.removesuffix("x")))
-    except ValueError:
-        raise SystemExit(f"--arms: cannot read {spec!r}; write 'lp_ft 3e-3/3e-4 2x'") from None
+                float(budget.removesuffix("x")), size)
+    except (ValueError, IndexError):
+        raise SystemExit(f"--arms: cannot read {spec!r}; write 'lp_ft 3e-3/3e-4 2x' or "
+                         "'full 1e-2/1e-3 1x 96px'") from None
+
+
+SWEEP = tuple(parse_arm(arm) for arm in SWEEP_ARMS)
 
 
 def _per_class(images: torch.Tensor, labels: torch.Tensor, counts: list[tuple[int, int]],
@@ -163,7 +178,8 @@ def write_folder(data: tuple[Split, Split, Split, list[str]], root: Path) -> Pat
 
 def run_arm(data: tuple[Split, Split, Split, list[str]], *, recipe: str | None,
             lr: float | None, body_lr: float | None, budget: float | None,
-            backbone: str, seed: int, epochs: int | None = None) -> dict:
+            backbone: str, seed: int, epochs: int | None = None,
+            image_size: int | None = None) -> dict:
     train, val, test, classes = data
     torch.manual_seed(seed)
     model = tk.create(backbone, len(classes), in_chans=int(train[0].shape[1]),
@@ -175,19 +191,30 @@ def run_arm(data: tuple[Split, Split, Split, list[str]], *, recipe: str | None,
         kwargs["epochs"] = max(2, round(default_epochs(len(train[1])) * budget))
     if epochs is not None:
         kwargs["epochs"] = epochs
+    if image_size is not None:
+        kwargs["image_size"] = image_size
     start = time.perf_counter()
     result = tk.fine_tune(model, train, val, device="cpu", seed=seed, progress=False,
                           **kwargs)
     seconds = time.perf_counter() - start
     info = tk.get_info(model)
-    size = next(s.value for s in result.settings if s.name == "image_size")
+    size = image_size or next(s.value for s in result.settings if s.name == "image_size")
     loader = tk.data.TensorLoader(*test[:2], batch_size=256, image_size=size, mean=info.mean,
-                             std=info.std)
+                                  std=info.std)
     probs = result.trainer.predict(loader)
     acc = float((probs.argmax(1) == test[1]).float().mean())
     return {"test_acc": round(acc, 4), "seconds": round(seconds, 1),
-            "epochs": len(result.history),
+            "epochs": len(result.history), "image_size": size,
             "settings": [str(s) for s in result.settings]}
+
+
+def mean_rows(runs: dict[str, list[dict]]) -> dict[str, dict]:
+    """Per arm: the mean test accuracy and seconds over its seeds, and each seed's accuracy."""
+    return {arm: {"test_acc": round(sum(r["test_acc"] for r in rs) / len(rs), 4),
+                  "seconds": round(sum(r["seconds"] for r in rs) / len(rs), 1),
+                  "epochs": rs[0]["epochs"], "image_size": rs[0]["image_size"],
+                  "per_seed": [r["test_acc"] for r in rs]}
+            for arm, rs in runs.items()}
 
 
 def verdict(rows: dict[str, dict]) -> dict:
@@ -201,23 +228,48 @@ def verdict(rows: dict[str, dict]) -> dict:
             "gap_points": gap, "time_ratio": ratio, "met": gap <= 1.0 and ratio <= 2.0}
 
 
+def _job(name: str, arm: tuple, seed: int, backbone: str, threads: int | None,
+         quick: bool) -> tuple[str, str, int, dict]:
+    """One (data set, arm, seed) run; a process of its own when --jobs > 1."""
+    if threads:
+        torch.set_num_threads(threads)
+    data = _data(name, quick)
+    label, recipe, lr, body_lr, budget, size = arm
+    row = run_arm(data, recipe=recipe, lr=lr, body_lr=body_lr, budget=budget,
+                  backbone=backbone, seed=seed, epochs=2 if quick else None, image_size=size)
+    return name, label, seed, row
+
+
+def _data(name: str, quick: bool) -> tuple[Split, Split, Split, list[str]]:
+    data = build(name)
+    if quick:  # 5 training and 5 test images a class
+        data = (*[_per_class(*split, [(0, 5)], seed=0)[0] for split in data[:3]], data[3])
+    return data
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--datasets", nargs="+", choices=DATASETS, default=None)
     parser.add_argument("--backbone", default="efficientnet_lite0")
-    parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=None, help="torch threads per run")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0],
+                        help="seeds of every arm; the table shows the mean (default: 0)")
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="runs at a time, each in its own process (use --threads 1)")
     parser.add_argument("--out", default=None, help="also write results as JSON here")
     parser.add_argument("--all-arms", action="store_true", help="the whole sweep")
     parser.add_argument("--arms", nargs="+", default=None, metavar="ARM",
                         help="these arms instead of the sweep, each written like "
-                             "'lp_ft 3e-3/3e-4 2x' ('default' for the defaults)")
+                             "'lp_ft 3e-3/3e-4 2x' or 'full 1e-2/1e-3 1x 96px' ('default' "
+                             "for the defaults)")
     parser.add_argument("--write-folder", default=None, metavar="DIR",
                         help="write the (one) data set as DIR/{train,val,test}/<class>/*.png "
                              "and stop: the folder `transferkit train --data DIR` reads")
     parser.add_argument("--quick", action="store_true",
                         help="a few seconds: digits, the default and one swept arm, 2 epochs")
     args = parser.parse_args(argv)
+    if args.jobs < 1:
+        parser.error(f"--jobs must be at least 1, got {args.jobs}")
     if args.threads:
         torch.set_num_threads(args.threads)
     os.environ.setdefault("TRANSFERKIT_OFFLINE", "1")
@@ -229,37 +281,62 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     load = os.getloadavg()[0]
     print(f"small_data: {', '.join(names)}; backbone {args.backbone}; "
-          f"{torch.get_num_threads()} thread(s); load {load:.2f}; "
+          f"{torch.get_num_threads()} thread(s) per run, {args.jobs} run(s) at a time; seeds "
+          f"{' '.join(map(str, args.seeds))}; load {load:.2f}; "
           f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}", flush=True)
-    results = {}
+    plan: dict[str, list[tuple]] = {}
     for name in names:
-        data = build(name)
-        if args.quick:  # 5 training and 5 test images a class
-            data = (*[_per_class(*split, [(0, 5)], seed=0)[0] for split in data[:3]], data[3])
+        data = _data(name, args.quick)
         n = len(data[0][1])
-        print(f"\n{name}: {n} train / {len(data[1][1])} val / {len(data[2][1])} test, "
+        print(f"{name}: {n} train / {len(data[1][1])} val / {len(data[2][1])} test, "
               f"{len(data[3])} classes, {data[0][0].shape[-1]} px", flush=True)
         arms = list(SWEEP if args.all_arms else SWEEP[:CORE])
         arms = arms[:1] if args.quick else [a for a in arms if n < 5000 or a[0] in LEAN]
-        arms = [("default", None, None, None, None), *arms]
+        arms = [DEFAULT_ARM, *arms]
         if args.arms:
-            arms = [arms[0] if a == "default" else parse_arm(a) for a in args.arms]
-        rows = {}
-        for arm, recipe, lr, body_lr, budget in arms:
-            rows[arm] = run_arm(data, recipe=recipe, lr=lr, body_lr=body_lr, budget=budget,
-                                backbone=args.backbone, seed=args.seed,
-                                epochs=2 if args.quick else None)
-            r = rows[arm]
-            print(f"  {arm:22s} test {r['test_acc']:.4f}  {r['epochs']:3d} ep  "
-                  f"{r['seconds']:7.1f} s", flush=True)
-        if "default" not in rows or len(rows) < 2:
-            results[name] = {"rows": rows}
-            continue
-        v = verdict(rows)
-        results[name] = {"rows": rows, "verdict": v}
-        print(f"  -> best {v['best']} {v['best_acc']:.4f}; default {v['default_acc']:.4f} "
-              f"({v['gap_points']:+.1f} points behind, {v['time_ratio']:.2f}x its time): "
-              f"{'met' if v['met'] else 'NOT met'}", flush=True)
+            arms = [DEFAULT_ARM if a == "default" else parse_arm(a) for a in args.arms]
+        plan[name] = arms
+    jobs = [(name, arm, seed) for name, arms in plan.items() for arm in arms
+            for seed in args.seeds]
+    runs: dict[str, dict[str, list[dict]]] = {name: {arm[0]: [] for arm in arms}
+                                              for name, arms in plan.items()}
+
+    def record(name: str, label: str, seed: int, row: dict) -> None:
+        runs[name][label].append(row)
+        print(f"  {name:7s} {label:28s} seed {seed}: test {row['test_acc']:.4f}  "
+              f"{row['epochs']:3d} ep  {row['image_size']:3d} px  {row['seconds']:7.1f} s",
+              flush=True)
+
+    common = (args.backbone, args.threads, args.quick)
+    if args.jobs == 1:
+        for name, arm, seed in jobs:
+            record(*_job(name, arm, seed, *common))
+    else:
+        context = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(args.jobs, mp_context=context) as pool:
+            futures = [pool.submit(_job, name, arm, seed, *common) for name, arm, seed in jobs]
+            for future in as_completed(futures):
+                record(*future.result())
+    results = {}
+    for name in names:
+        rows = mean_rows({label: sorted(rs, key=lambda r: r["seconds"])
+                          for label, rs in runs[name].items()})
+        results[name] = {"rows": rows, "runs": runs[name]}
+        if "default" in rows and len(rows) >= 2:
+            results[name]["verdict"] = verdict(rows)
+    seeds = len(args.seeds)
+    print(f"\nmean test accuracy over {seeds} seed(s) (seconds: mean wall time per run)")
+    for name, r in results.items():
+        print(f"\n{name}")
+        for label, row in r["rows"].items():
+            spread = ", ".join(f"{a:.3f}" for a in row["per_seed"])
+            print(f"  {label:28s} {row['test_acc']:.4f} ({spread})  {row['image_size']:3d} px  "
+                  f"{row['seconds']:7.1f} s")
+        if "verdict" in r:
+            v = r["verdict"]
+            print(f"  -> best {v['best']} {v['best_acc']:.4f}; default {v['default_acc']:.4f} "
+                  f"({v['gap_points']:+.1f} points behind, {v['time_ratio']:.2f}x its time): "
+                  f"{'met' if v['met'] else 'NOT met'}", flush=True)
     print("\n| data set | default | best swept (arm) | gap (points) | time ratio | met |")
     print("|---|--:|---|--:|--:|---|")
     for name, r in results.items():
@@ -268,9 +345,10 @@ def main(argv: list[str] | None = None) -> int:
         v = r["verdict"]
         print(f"| {name} | {v['default_acc']:.4f} | {v['best_acc']:.4f} ({v['best']}) | "
               f"{v['gap_points']:.1f} | {v['time_ratio']:.2f} | {'yes' if v['met'] else 'no'} |")
-    met = sum(r["verdict"]["met"] for r in results.values() if "verdict" in r)
-    print(f"{met} of {len(results)} data sets met; load {os.getloadavg()[0]:.2f} at the end")
-    summary = {"datasets": results, "met": met, "load_start": load}
+    judged = [r["verdict"]["met"] for r in results.values() if "verdict" in r]
+    print(f"{sum(judged)} of {len(judged)} data sets met; load {os.getloadavg()[0]:.2f} at the "
+          "end")
+    summary = {"datasets": results, "met": sum(judged), "seeds": args.seeds, "load_start": load}
     if args.out:
         Path(args.out).write_text(json.dumps(summary, indent=1))
     print("RESULT " + json.dumps({k: r["verdict"] for k, r in results.items() if "verdict" in r}))
