@@ -9,7 +9,9 @@ FashionMNIST; warm-up steps are not timed. Variants (``--variants``, joined with
 - ``tk``: ``Trainer`` + ``TensorLoader`` (batched uint8 -> float, resize, normalise), fp32,
   1-channel model; flags: ``cl`` channels_last, ``bf16`` autocast (``precision="bf16"``),
   ``compile`` (``Trainer(compile=True)``; the first step's extra time is reported as
-  compile time), ``t1`` / ``t2`` one / two intra-op threads (default: ``--threads``), ``body`` /
+  compile time), ``full`` the grouped convolutions' full kernels (``crop_kernels=False``;
+  by default the Trainer crops them to the taps that reach the input on the CPU), ``t1`` /
+  ``t2`` one / two intra-op threads (default: ``--threads``), ``body`` /
   ``bitfit`` a freezing policy (frozen layers before the trainable ones get no backward);
 - ``cache``: the head trained on cached outputs of the frozen body (valid when no
   augmentation touches the images): epoch 1 costs one no-grad forward pass per image
@@ -29,6 +31,8 @@ Usage::
     python benchmarks/throughput.py --sizes 28 --variants seed,tk,tk+compile
     python benchmarks/throughput.py --threads 1 --backbones efficientnet_lite0 --sizes 32 \
         --variants tk+cl,tk+cl+compile --steps 300 --repeats 1    # compile=True vs False
+    python benchmarks/throughput.py --threads 1 --backbones efficientnet_lite0 --sizes 32,64 \
+        --variants tk+cl+full,tk+cl --steps 40        # cropped kernels vs full ones
     python benchmarks/throughput.py --quick             # seconds (tests)
 """
 
@@ -58,7 +62,7 @@ from transferkit.backbones import create
 from transferkit.data import TensorLoader
 from transferkit.train import Callback, Trainer
 
-FLAGS = {"cl", "bf16", "compile", "t1", "t2", "body", "bitfit"}
+FLAGS = {"cl", "bf16", "compile", "full", "t1", "t2", "body", "bitfit"}
 DEFAULT_VARIANTS = "seed,tk,tk+cl,tk+bf16,tk+cl+bf16,tk+cl+body,cache+cl"
 # 224 px steps take tens of seconds on 2 cores: only the main comparison there.
 DEFAULT_VARIANTS_224 = "seed,tk,tk+cl+bf16,tk+cl+body,cache+cl"
@@ -156,6 +160,7 @@ def tk_loop(
         precision="bf16" if "bf16" in v.flags else "fp32",
         channels_last="cl" in v.flags,
         compile="compile" in v.flags,
+        crop_kernels="full" not in v.flags,
         freeze=v.freeze,
         callbacks=[timer],
         progress=False,

@@ -92,10 +92,11 @@ def _survey(args: argparse.Namespace, choices: list[Choice]) -> tuple[int, int]:
         choices.append(Choice("in_chans", in_chans, f"{'every' if stats.grey else 'not every'}"
                               f" one of {stats.surveyed} surveyed images is grey"))
     size = args.image_size
-    if size is None:
+    if size is None:  # stored at; fine_tune chooses the training size (resized per batch)
         pretrained = backbone_spec(args.backbone).input_size[1:]
-        choices.append(image_size_choice(stats.median_size, pretrained, "median image"))
-        size = choices[-1].value
+        stored = image_size_choice(stats.median_size, pretrained, "median image")
+        choices.append(Choice("stored_size", stored.value, stored.why))
+        size = stored.value
     return size, in_chans
 
 
@@ -193,7 +194,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     data = _fashion(args, choices) if args.data == FASHION_MNIST else _folder(args, choices)
     train = _subset(data.train, args.subset, args.seed)
     val = _subset(data.val, args.subset, args.seed + 1)
-    in_chans, size = int(train[0].shape[1]), int(train[0].shape[-1])
+    in_chans = int(train[0].shape[1])
     for line in data.sources:
         log.info("%s", line)
     torch.manual_seed(args.seed)  # the new head's initialisation: a run repeats exactly
@@ -204,7 +205,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         log.info("chose %s", choice)
     result = fine_tune(
         model, train, val, recipe=recipe, epochs=args.epochs, steps=args.steps, lr=args.lr,
-        body_lr=args.body_lr, batch_size=args.batch_size, image_size=size,
+        body_lr=args.body_lr, batch_size=args.batch_size, image_size=args.image_size,
         augment=args.augment, freeze_stages=args.freeze_stages, precision=args.precision,
         patience=args.patience, resume=args.resume, out_dir=out, device=args.device,
         seed=args.seed, balanced=args.balanced, callbacks=loggers, ema=args.ema,
@@ -214,6 +215,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     if result.lr_find is not None:
         result.notes.append(_write_lr_find(out, result.lr_find))
     settings = choices + result.settings
+    size = result.image_size  # what it trained at: the test split and predict use it too
     info = get_info(model)
     split, pair = ("test", data.test) if data.test is not None else ("val", val)
     metrics: dict[str, float] = {}

@@ -10,10 +10,13 @@ data sets built offline, and ``docs/recipes.md`` holds its table.
 - **Length**: ``round(1000 / sqrt(N))`` epochs, within 3..60: small data sets need many
   passes (30 images a class: about 58 epochs, ~1,100 steps), large ones few (60,000
   images: 4 epochs). Expressed in optimizer steps in the log and the report.
-- **Image size**: the images' own median size rounded up to a multiple of 32, within
-  32 px and the backbone's pretrained size: upsampling 28 px images to 224 px costs 64x
-  the compute for little gain on small data, and a photo larger than the pretrained size
-  is shrunk to it.
+- **Image size**: the largest multiple of 32 up to the backbone's pretrained size whose
+  run stays within a compute budget (:data:`PIXEL_BUDGET`: image passes x side^2, per
+  device type), and at least the images' own median size rounded up to a multiple of
+  32. Small images gain from being upsampled toward the size the backbone was pretrained
+  at (28 px FashionMNIST at 10 images a class: 71% at 32 px, 77% at 96 px), but the cost
+  grows with the square of the side, so a small data set is upsampled more than a large
+  one: 100 images train at 160 px, 55,000 at their own 32 px.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from typing import Any
 from transferkit import _validate
 
 __all__ = [
+    "PIXEL_BUDGET",
     "MAX_BATCH",
     "MAX_EPOCHS",
     "MIN_BATCH",
@@ -35,12 +39,17 @@ __all__ = [
     "default_epochs",
     "default_image_size",
     "image_size_choice",
+    "planned_passes",
 ]
 
 MIN_BATCH, MAX_BATCH = 16, 256
 MIN_EPOCHS, MAX_EPOCHS = 3, 60
 _EPOCH_SCALE = 1000.0  # epochs = _EPOCH_SCALE / sqrt(N), clipped (measured: docs/recipes.md)
 _SIZE_STEP = 32  # stored sizes are multiples of this (the backbones' total stride)
+#: Pixel passes (training images seen x side^2) a default run may spend when the image size
+#: is chosen, per device type: on the 2-core CPU, 2e8 is about 5 minutes of
+#: EfficientNet-Lite0 (measured: docs/recipes.md, benchmarks/small_data.py).
+PIXEL_BUDGET: dict[str, float] = {"cpu": 2e8, "mps": 2e9, "cuda": 2e10}
 
 
 @dataclass(frozen=True)
@@ -85,28 +94,54 @@ def default_epochs(num_samples: int) -> int:
     return int(min(MAX_EPOCHS, max(MIN_EPOCHS, round(_EPOCH_SCALE / math.sqrt(n)))))
 
 
-def default_image_size(native: int | Sequence[int], pretrained: int | Sequence[int] | None
-                       ) -> int:
+def planned_passes(num_samples: int, batch_size: int, *, epochs: int | None = None,
+                   steps: int | None = None) -> int:
+    """Return how many images a run sees: ``epochs`` or ``steps`` given, or the default length.
+
+    Example:
+        >>> planned_passes(100, 16), planned_passes(100, 16, epochs=5), planned_passes(
+        ...     100, 16, steps=10)
+        (6000, 500, 160)
+    """
+    n = _validate.positive_int("num_samples", num_samples)
+    if steps is not None:
+        return _validate.positive_int("steps", steps) * _validate.positive_int(
+            "batch_size", batch_size)
+    return n * (default_epochs(n) if epochs is None else _validate.positive_int("epochs", epochs))
+
+
+def default_image_size(native: int | Sequence[int], pretrained: int | Sequence[int] | None,
+                       *, passes: int | None = None, device: str = "cpu") -> int:
     """Return the default (square) training size for images of median size ``native``.
 
     Args:
         native: The images' median size, ``(height, width)`` or one int.
         pretrained: The backbone's pretrained input size (``None``: no cap but 224).
+        passes: Images the run will see (``planned_passes``); ``None``: the images' own
+            size, rounded up to a multiple of 32 (the stored size).
+        device: The device type whose :data:`PIXEL_BUDGET` applies.
 
     Example:
         >>> default_image_size((28, 28), (224, 224)), default_image_size((500, 375), 224)
         (32, 224)
-        >>> default_image_size((70, 90), 224)
-        96
+        >>> default_image_size((28, 28), 224, passes=6000)   # 100 images, 60 epochs
+        160
+        >>> default_image_size((28, 28), 224, passes=220_000)   # 55,000 images, 4 epochs
+        32
     """
     h, w = _validate.image_size(native, name="native")
     cap = max(_validate.image_size(pretrained or 224, name="pretrained"))
     side = _SIZE_STEP * math.ceil(max(h, w) / _SIZE_STEP)
-    return int(min(max(cap, _SIZE_STEP), max(_SIZE_STEP, side)))
+    base = int(min(max(cap, _SIZE_STEP), max(_SIZE_STEP, side)))
+    if passes is None:
+        return base
+    budget = PIXEL_BUDGET.get(device, PIXEL_BUDGET["cpu"])
+    fits = [s for s in range(base, cap + 1, _SIZE_STEP) if passes * s * s <= budget]
+    return max(fits, default=base)
 
 
 def image_size_choice(native: Sequence[int], pretrained: Sequence[int] | None,
-                      seen: str) -> Choice:
+                      seen: str, *, passes: int | None = None, device: str = "cpu") -> Choice:
     """Return :func:`default_image_size` as a :class:`Choice`, its reason in one line.
 
     ``seen`` says where ``native`` was read (``"the images are"``, ``"median image"``).
@@ -115,9 +150,22 @@ def image_size_choice(native: Sequence[int], pretrained: Sequence[int] | None,
         >>> choice = image_size_choice((28, 28), (224, 224), "median image")
         >>> choice.value, choice.why.split(": ")[0]
         (32, 'median image 28x28')
+        >>> print(image_size_choice((28, 28), (224, 224), "the images are", passes=6000).why)
+        the images are 28x28; 6000 image passes x 160^2 px: the largest multiple of 32 \
+within the cpu budget of 2e+08 pixel passes, at most the backbone's 224 px
     """
     h, w = _validate.image_size(native, name="native")
     cap = max(_validate.image_size(pretrained or 224, name="pretrained"))
-    return Choice("image_size", default_image_size((h, w), pretrained),
-                  f"{seen} {h}x{w}: rounded up to a multiple of 32, at most the backbone's "
-                  f"{cap} px")
+    value = default_image_size((h, w), pretrained, passes=passes, device=device)
+    if passes is None:
+        why = f"{seen} {h}x{w}: rounded up to a multiple of 32, at most the backbone's {cap} px"
+    else:
+        budget = PIXEL_BUDGET.get(device, PIXEL_BUDGET["cpu"])
+        why = (f"{seen} {h}x{w}; {passes} image passes x {value}^2 px: the largest multiple "
+               f"of 32 within the {device if device in PIXEL_BUDGET else 'cpu'} budget of "
+               f"{budget:.0e} pixel passes, at most the backbone's {cap} px")
+        if value * value * passes > budget:
+            why = (f"{seen} {h}x{w}, rounded up to a multiple of 32 (at most the backbone's "
+                   f"{cap} px): already past the {budget:.0e} pixel passes of the budget "
+                   f"with {passes} image passes")
+    return Choice("image_size", value, why)

@@ -99,6 +99,8 @@ class FineTuneResult:
             augmentation), each with its reason; also logged, one line each.
         lr_find: The LR sweep of ``lr="find"`` (plot it with
             :func:`~transferkit.report.plot_lr_find`), else ``None``.
+        image_size: The size the images trained at when ``train`` was tensors (given or
+            chosen); ``None`` for a loader, which has its own. Evaluate and predict at it.
     """
 
     model: nn.Module
@@ -110,6 +112,7 @@ class FineTuneResult:
     timings: dict[str, float] = field(default_factory=dict)
     settings: list[Choice] = field(default_factory=list)
     lr_find: LRFindResult | None = None
+    image_size: int | None = None
 
 
 def _check_trainer_kwargs(kwargs: dict[str, Any]) -> None:
@@ -425,8 +428,9 @@ def fine_tune(
             otherwise. The returned model keeps it (``freeze_state(model)["bn"]``;
             ``transferkit.unfreeze(model)`` resets it).
         batch_size: Batch size for tensors (default: about ``N / 16``, 16..256).
-        image_size: Training size for tensors (default: the images' size rounded up to a
-            multiple of 32, at most the backbone's pretrained size).
+        image_size: Training size for tensors (default: the largest multiple of 32, up to
+            the backbone's pretrained size, whose run fits the device's compute budget,
+            and at least the images' own size rounded up: ``default_image_size``).
         augment: Augmentation preset for tensors, one of ``AUGMENT_PRESETS`` (default
             ``"light"``: shifts, no flips).
         balanced: For tensors, draw the training batches class-balanced, with replacement
@@ -466,7 +470,8 @@ def fine_tune(
     spec = check_recipe(recipe)
     inputs = build_inputs(model, train, val, batch_size=batch_size, image_size=image_size,
                           augment=augment, seed=seed, cached=bool(freeze_stages),
-                          balanced=balanced)
+                          balanced=balanced, epochs=epochs, steps=steps,
+                          device=select_device(device).type)
     train, val, settings = inputs.train, inputs.val, inputs.choices
     epochs = _length(train, epochs, steps, settings)
     lr_ = check_lr(lr, body_lr)
@@ -590,4 +595,5 @@ def fine_tune(
     log.info("fine_tune: recipe %s, %d epoch(s) in %.1f s", spec.name, len(history), seconds)
     return FineTuneResult(model=model, recipe=spec.name, history=history, seconds=seconds,
                           trainer=trainer, notes=notes, timings=timings, settings=settings,
-                          lr_find=sweeps[0][0] if sweeps else None)
+                          lr_find=sweeps[0][0] if sweeps else None,
+                          image_size=inputs.image_size)

@@ -20,7 +20,12 @@ from transferkit.adaptation.core import get_info
 from transferkit.data.augment import AUGMENT_PRESETS, augment_preset
 from transferkit.data.pipeline import TensorLoader
 from transferkit.errors import ConfigError, DataError
-from transferkit.recipes.budget import Choice, default_batch_size, image_size_choice
+from transferkit.recipes.budget import (
+    Choice,
+    default_batch_size,
+    image_size_choice,
+    planned_passes,
+)
 from transferkit.recipes.feature_loader import batch_size_of
 from transferkit.train.batch_checks import data_len
 
@@ -37,6 +42,7 @@ class Inputs:
     train: Iterable[Any]
     val: Iterable[Any] | None
     choices: list[Choice]
+    image_size: int | None = None  # the training size, for tensors; a loader has its own
 
 
 def as_pair(data: Any, split: str) -> tuple[torch.Tensor, torch.Tensor] | None:
@@ -96,16 +102,21 @@ def build_inputs(
     seed: int,
     cached: bool = False,
     balanced: bool = False,
+    epochs: int | None = None,
+    steps: int | None = None,
+    device: str = "cpu",
 ) -> Inputs:
     """Return the data ``fine_tune`` trains on; batch ``(images, labels)`` pairs here.
 
     ``cached``: the first stages' output will be cached, so the default augmentation is
     ``"none"`` (a cache is computed once, from the images as they are). ``balanced``: the
-    train batches are drawn class-balanced (``TensorLoader(balanced=True)``).
+    train batches are drawn class-balanced (``TensorLoader(balanced=True)``). ``epochs``,
+    ``steps`` (the run's length, if given) and ``device`` (its type) set the compute budget
+    of the default image size (:func:`~transferkit.recipes.budget.default_image_size`).
 
     Raises:
-        ConfigError: ``batch_size``, ``image_size``, ``augment`` or ``balanced`` given with a loader
-            (which has its own), or an invalid value.
+        ConfigError: ``batch_size``, ``image_size``, ``augment`` or ``balanced`` given with a
+            loader (which has its own), or an invalid value.
         DataError: A malformed pair, or a ``val`` pair given with a train loader.
     """
     _validate.flag("balanced", balanced)
@@ -140,7 +151,9 @@ def build_inputs(
     info = get_info(model)
     stored = (int(images.shape[-2]), int(images.shape[-1]))
     if image_size is None:
-        choices.append(image_size_choice(stored, info.input_size, "the images are"))
+        passes = planned_passes(n, batch_size, epochs=epochs, steps=steps)
+        choices.append(image_size_choice(stored, info.input_size, "the images are",
+                                         passes=passes, device=device))
         image_size = choices[-1].value
     else:
         image_size = max(_validate.image_size(image_size))
@@ -162,4 +175,4 @@ def build_inputs(
     val_loader = None
     if val_pair is not None:
         val_loader = TensorLoader(*val_pair, batch_size=max(batch_size, 64), **common)
-    return Inputs(train_loader, val_loader, choices)
+    return Inputs(train_loader, val_loader, choices, image_size)

@@ -137,6 +137,9 @@ class Trainer:
         grad_clip: Clip the gradient norm to this value.
         grad_accum: Micro-batches per optimizer step.
         channels_last: Use the channels-last memory format for model and inputs.
+        crop_kernels: Run grouped convolutions on only the kernel taps that reach their
+            input (:func:`~transferkit.train.depthwise.crop_depthwise`: the same results,
+            faster on small feature maps); default (``None``): on the CPU.
         compile: Run the model's forward passes through ``torch.compile`` (the model
             object and its checkpoint names are unchanged); one log line says what the
             first step's compiling cost.
@@ -214,6 +217,7 @@ class Trainer:
         grad_clip: float | None = None,
         grad_accum: int = 1,
         channels_last: bool = False,
+        crop_kernels: bool | None = None,
         compile: bool = False,
         topk: Sequence[int] = (1, 5),
         monitor: str | None = None,
@@ -246,6 +250,7 @@ class Trainer:
         self.body_lr = body_lr if body_lr is not None else lr * lr_ratio
         self.precision, self.grad_clip, self.grad_accum = precision, grad_clip, grad_accum
         self.channels_last, self.topk, self.seed = channels_last, tuple(topk), seed
+        self.crop_kernels = self.device.type == "cpu" if crop_kernels is None else crop_kernels
         self.task, self.threshold, self.penalty = task, checked["threshold"], penalty
         self.label_smoothing = checked["label_smoothing"]
         self.mixup, self.cutmix = checked["mixup"], checked["cutmix"]
@@ -387,7 +392,7 @@ class Trainer:
                      "n)^-%.3g) after n updates; BatchNorm statistics copied from the model)",
                      self.ema.decay, EMA_WARMUP_POWER)
         try:
-            with self._sigint_handler(), self._cpu_paths():
+            with self._sigint_handler(), self._kernel_paths():
                 self._fit_epochs(train_data, val_data, epochs)
         finally:
             # Drop the DDP wrapper: it holds the process group, whose Gloo threads must be
@@ -466,7 +471,7 @@ class Trainer:
             first = self._check_data(data, "evaluation", self.task)
             check_same_task(str(first.task), self.dist, self.device)
             self._setup_targets(data, first)
-        with self._cpu_paths():
+        with self._kernel_paths():
             sums = self._run_eval(data, tta=tta)
         out = sums.result("")
         out["count"] = sums.count
@@ -494,7 +499,7 @@ class Trainer:
         try:
             for batch in data:
                 x = batch[0] if isinstance(batch, (tuple, list)) else batch
-                with self._autocast(), self._cpu_paths():
+                with self._autocast(), self._kernel_paths():
                     out = (tta_probs if probs else tta_logits)(
                         self._net, self._inputs(x), tta, multi_label=self.task == "multi_label")
                 outs.append(out.float().cpu())
@@ -637,9 +642,9 @@ class Trainer:
     def _autocast(self) -> contextlib.AbstractContextManager[Any]:
         return autocast(self.device, self.precision)
 
-    def _cpu_paths(self) -> contextlib.AbstractContextManager[int]:
-        # Exact: the taps dropped multiply zero padding only (train/depthwise.py).
-        return crop_depthwise(self.model, enabled=self.device.type == "cpu")
+    def _kernel_paths(self) -> contextlib.AbstractContextManager[int]:
+        # The taps dropped multiply zero padding only (train/depthwise.py).
+        return crop_depthwise(self.model, enabled=self.crop_kernels)
 
     def _reduce(self, sums: MetricSums | MultiLabelSums) -> MetricSums | MultiLabelSums:
         sums.reduce(self.dist)
@@ -921,6 +926,8 @@ def _check_config(**values: Any) -> dict[str, Any]:
         raise ConfigError(f"penalty must be a callable returning a scalar, e.g. "
                           f"L2SP(model), got {v['penalty']!r}.")
     _validate.flag("channels_last", v["channels_last"])
+    if v["crop_kernels"] is not None:
+        _validate.flag("crop_kernels", v["crop_kernels"])
     _validate.flag("restore_best", v["restore_best"])
     _validate.flag("compile", v["compile"])
     v["ema"] = check_ema(v["ema"])
