@@ -18,6 +18,7 @@ from transferkit.recipes import (
     default_image_size,
     fine_tune,
 )
+from transferkit.recipes.budget import PIXEL_BUDGET, planned_passes
 from transferkit.recipes.inputs import num_samples
 
 
@@ -39,6 +40,33 @@ def test_epochs_shrink_with_the_square_root_of_n_within_3_and_60(n, epochs):
 def test_image_size_is_the_native_size_rounded_up_to_32_at_most_pretrained(
         native, pretrained, size):
     assert default_image_size(native, pretrained) == size
+
+
+@pytest.mark.parametrize("native, n, size", [
+    ((28, 28), 100, 160),   # 6,000 image passes: 160^2 x 6,000 = 1.5e8 fits 2e8, 192 does not
+    ((32, 32), 240, 96),    # 14,400 passes
+    ((8, 8), 300, 96),      # 17,400 passes
+    ((28, 28), 1000, 64),   # 32,000 passes
+    ((28, 28), 10_000, 32),  # 100,000 passes
+    ((28, 28), 55_000, 32),  # 220,000 passes: past the budget already, the stored size
+    ((500, 375), 2000, 224),  # never below the images' own size (capped by the backbone's)
+])
+def test_image_size_grows_while_the_run_fits_the_pixel_budget(native, n, size):
+    passes = planned_passes(n, default_batch_size(n))
+    assert passes == n * default_epochs(n)
+    assert default_image_size(native, (224, 224), passes=passes) == size
+    stored = default_image_size(native, (224, 224))
+    if size > stored:  # grown: the largest size within the budget
+        assert passes * size**2 <= PIXEL_BUDGET["cpu"] < passes * (size + 32) ** 2
+
+
+def test_the_budget_is_the_devices_and_the_length_the_runs():
+    assert default_image_size((28, 28), 224, passes=55_000 * 4, device="cuda") == 224
+    assert default_image_size((28, 28), 224, passes=55_000 * 4, device="cpu") == 32
+    assert planned_passes(300, 16, epochs=5) == 1500
+    assert planned_passes(300, 16, steps=100) == 1600
+    with pytest.raises(ConfigError, match="steps must be a positive integer, got 0"):
+        planned_passes(300, 16, steps=0)
 
 
 def test_bad_budget_inputs_are_config_errors():
@@ -75,7 +103,10 @@ def test_tensors_get_chosen_settings_each_with_a_reason(caplog):
                            device="cpu")
     chosen = {s.name: s for s in result.settings}
     assert chosen["batch_size"].value == 16 and "40 training images" in chosen["batch_size"].why
-    assert chosen["image_size"].value == 32 and "20x20" in chosen["image_size"].why
+    # 40 images x 2 epochs = 80 image passes: the budget allows the backbone's own 64 px
+    assert chosen["image_size"].value == 64 and "20x20; 80 image passes" in chosen[
+        "image_size"].why
+    assert result.image_size == 64
     assert chosen["augment"].value == "light"
     assert chosen["lr"].value == RECIPES["full"].lr == 1e-2
     assert chosen["body_lr"].value == pytest.approx(1e-3)
