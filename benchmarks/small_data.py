@@ -19,8 +19,8 @@ Arms: ``default`` is ``fine_tune(model, (x, y), (vx, vy))`` with nothing else (t
 ``lp_ft``: a probe at 1e-2, then head/body LR 1e-3/1e-4, the default length and the
 budget-aware image size). The sweep (``SWEEP_ARMS``, written as ``--arms`` takes them):
 ``full`` and ``lp_ft`` at 1e-2/1e-3, the default recipe at twice the length, a linear
-probe, and the default recipe at 32 px (the former default size) and at 64 px; arms without
-a size train at the default's size. ``--all-arms`` adds the rest of ``SWEEP_ARMS``. Data
+probe, and the default recipe at 32 px (the former default size) and at 128 px; arms
+without a size train at the default's size. ``--all-arms`` adds the rest of ``SWEEP_ARMS``. Data
 sets of more than 5,000 images run the lean sweep (``LEAN``). Every arm starts from the
 same pretrained EfficientNet-Lite0 and uses the defaults for what it does not set (batch
 size, image size, augmentation). Test accuracy is measured once, with the weights fit
@@ -55,12 +55,12 @@ SWEEP_ARMS = (
     "lp_ft 1e-3/1e-4 2x",
     "linear_probe 1x",
     "lp_ft 1e-3/1e-4 1x 32px",  # the default before the image size grew with the budget
-    "lp_ft 1e-3/1e-4 1x 64px",
+    "lp_ft 1e-3/1e-4 1x 128px",
     # --all-arms adds these:
+    "lp_ft 1e-3/1e-4 1x 64px",
     "full 1e-2/1e-3 0.5x",
     "lp_ft 1e-2/1e-3 2x",
     "full 1e-3/1e-4 1x",
-    "lp_ft 1e-3/1e-4 1x 128px",
 )
 CORE = 6  # the first CORE arms run by default
 LEAN = ("full 1e-2/1e-3 1x", "full 1e-2/1e-3 0.5x", "linear_probe 1x")  # > 5,000 images
