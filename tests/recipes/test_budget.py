@@ -18,7 +18,7 @@ from transferkit.recipes import (
     default_image_size,
     fine_tune,
 )
-from transferkit.recipes.budget import PIXEL_BUDGET, planned_passes
+from transferkit.recipes.budget import PIXEL_BUDGET, default_passes
 from transferkit.recipes.inputs import num_samples
 
 
@@ -52,7 +52,7 @@ def test_image_size_is_the_native_size_rounded_up_to_32_at_most_pretrained(
     ((500, 375), 2000, 224),  # never below the images' own size (capped by the backbone's)
 ])
 def test_image_size_grows_while_the_run_fits_the_pixel_budget(native, n, size):
-    passes = planned_passes(n, default_batch_size(n))
+    passes = default_passes(n)
     assert passes == n * default_epochs(n)
     assert default_image_size(native, (224, 224), passes=passes) == size
     stored = default_image_size(native, (224, 224))
@@ -60,13 +60,23 @@ def test_image_size_grows_while_the_run_fits_the_pixel_budget(native, n, size):
         assert passes * size**2 <= PIXEL_BUDGET["cpu"] < passes * (size + 32) ** 2
 
 
-def test_the_budget_is_the_devices_and_the_length_the_runs():
+def test_the_budget_is_the_devices():
     assert default_image_size((28, 28), 224, passes=55_000 * 4, device="cuda") == 224
     assert default_image_size((28, 28), 224, passes=55_000 * 4, device="cpu") == 32
-    assert planned_passes(300, 16, epochs=5) == 1500
-    assert planned_passes(300, 16, steps=100) == 1600
-    with pytest.raises(ConfigError, match="steps must be a positive integer, got 0"):
-        planned_passes(300, 16, steps=0)
+    with pytest.raises(ConfigError, match="num_samples must be a positive integer, got 0"):
+        default_passes(0)
+
+
+def test_a_given_length_keeps_the_size_the_data_gets():
+    images, labels = _tensors(40)
+    sizes = set()
+    for length in ({"epochs": 1}, {"epochs": 2}, {"steps": 3}):
+        result = fine_tune(_model(), (images, labels), recipe="full", device="cpu", **length)
+        sizes.add(result.image_size)
+    (chosen,) = [s for s in result.settings if s.name == "image_size"]
+    assert sizes == {chosen.value} == {default_image_size((20, 20), 64,
+                                                          passes=default_passes(40))}
+    assert f"{default_passes(40)} image passes" in chosen.why
 
 
 def test_bad_budget_inputs_are_config_errors():
@@ -103,8 +113,9 @@ def test_tensors_get_chosen_settings_each_with_a_reason(caplog):
                            device="cpu")
     chosen = {s.name: s for s in result.settings}
     assert chosen["batch_size"].value == 16 and "40 training images" in chosen["batch_size"].why
-    # 40 images x 2 epochs = 80 image passes: the budget allows the backbone's own 64 px
-    assert chosen["image_size"].value == 64 and "20x20; 80 image passes" in chosen[
+    # 40 images x 60 default epochs = 2,400 image passes: the budget allows the backbone's
+    # own 64 px
+    assert chosen["image_size"].value == 64 and "20x20; 2400 image passes" in chosen[
         "image_size"].why
     assert result.image_size == 64
     assert chosen["augment"].value == "light"

@@ -11,12 +11,14 @@ data sets built offline, and ``docs/recipes.md`` holds its table.
   passes (30 images a class: about 58 epochs, ~1,100 steps), large ones few (60,000
   images: 4 epochs). Expressed in optimizer steps in the log and the report.
 - **Image size**: the largest multiple of 32 up to the backbone's pretrained size whose
-  run stays within a compute budget (:data:`PIXEL_BUDGET`: image passes x side^2, per
+  default-length run stays within a compute budget (:data:`PIXEL_BUDGET`: image passes x side^2, per
   device type), and at least the images' own median size rounded up to a multiple of
   32. Small images gain from being upsampled toward the size the backbone was pretrained
   at (28 px FashionMNIST at 10 images a class: 71% at 32 px, 77% at 96 px), but the cost
   grows with the square of the side, so a small data set is upsampled more than a large
-  one: 100 images train at 160 px, 55,000 at their own 32 px.
+  one: 100 images train at 160 px, 55,000 at their own 32 px. The size depends on the data
+  and the device only, not on a run's given length: a quick trial, a longer run and a
+  resumed one train at the same size.
 """
 
 from __future__ import annotations
@@ -38,8 +40,8 @@ __all__ = [
     "default_batch_size",
     "default_epochs",
     "default_image_size",
+    "default_passes",
     "image_size_choice",
-    "planned_passes",
 ]
 
 MIN_BATCH, MAX_BATCH = 16, 256
@@ -94,20 +96,17 @@ def default_epochs(num_samples: int) -> int:
     return int(min(MAX_EPOCHS, max(MIN_EPOCHS, round(_EPOCH_SCALE / math.sqrt(n)))))
 
 
-def planned_passes(num_samples: int, batch_size: int, *, epochs: int | None = None,
-                   steps: int | None = None) -> int:
-    """Return how many images a run sees: ``epochs`` or ``steps`` given, or the default length.
+def default_passes(num_samples: int) -> int:
+    """Return the images a default-length run sees: ``num_samples * default_epochs``.
+
+    The image size is chosen for this length, whatever length a run is given, so a short
+    trial run, a longer one and a resumed one all train at the same size.
 
     Example:
-        >>> planned_passes(100, 16), planned_passes(100, 16, epochs=5), planned_passes(
-        ...     100, 16, steps=10)
-        (6000, 500, 160)
+        >>> default_passes(100), default_passes(300), default_passes(55000)
+        (6000, 17400, 220000)
     """
-    n = _validate.positive_int("num_samples", num_samples)
-    if steps is not None:
-        return _validate.positive_int("steps", steps) * _validate.positive_int(
-            "batch_size", batch_size)
-    return n * (default_epochs(n) if epochs is None else _validate.positive_int("epochs", epochs))
+    return _validate.positive_int("num_samples", num_samples) * default_epochs(num_samples)
 
 
 def default_image_size(native: int | Sequence[int], pretrained: int | Sequence[int] | None,
@@ -117,8 +116,8 @@ def default_image_size(native: int | Sequence[int], pretrained: int | Sequence[i
     Args:
         native: The images' median size, ``(height, width)`` or one int.
         pretrained: The backbone's pretrained input size (``None``: no cap but 224).
-        passes: Images the run will see (``planned_passes``); ``None``: the images' own
-            size, rounded up to a multiple of 32 (the stored size).
+        passes: Images a default-length run sees (:func:`default_passes`); ``None``: the
+            images' own size, rounded up to a multiple of 32 (the stored size).
         device: The device type whose :data:`PIXEL_BUDGET` applies.
 
     Example:

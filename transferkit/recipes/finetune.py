@@ -470,8 +470,7 @@ def fine_tune(
     spec = check_recipe(recipe)
     inputs = build_inputs(model, train, val, batch_size=batch_size, image_size=image_size,
                           augment=augment, seed=seed, cached=bool(freeze_stages),
-                          balanced=balanced, epochs=epochs, steps=steps,
-                          device=select_device(device).type)
+                          balanced=balanced, device=select_device(device).type)
     train, val, settings = inputs.train, inputs.val, inputs.choices
     epochs = _length(train, epochs, steps, settings)
     lr_ = check_lr(lr, body_lr)

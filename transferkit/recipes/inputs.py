@@ -23,8 +23,8 @@ from transferkit.errors import ConfigError, DataError
 from transferkit.recipes.budget import (
     Choice,
     default_batch_size,
+    default_passes,
     image_size_choice,
-    planned_passes,
 )
 from transferkit.recipes.feature_loader import batch_size_of
 from transferkit.train.batch_checks import data_len
@@ -102,17 +102,15 @@ def build_inputs(
     seed: int,
     cached: bool = False,
     balanced: bool = False,
-    epochs: int | None = None,
-    steps: int | None = None,
     device: str = "cpu",
 ) -> Inputs:
     """Return the data ``fine_tune`` trains on; batch ``(images, labels)`` pairs here.
 
     ``cached``: the first stages' output will be cached, so the default augmentation is
     ``"none"`` (a cache is computed once, from the images as they are). ``balanced``: the
-    train batches are drawn class-balanced (``TensorLoader(balanced=True)``). ``epochs``,
-    ``steps`` (the run's length, if given) and ``device`` (its type) set the compute budget
-    of the default image size (:func:`~transferkit.recipes.budget.default_image_size`).
+    train batches are drawn class-balanced (``TensorLoader(balanced=True)``). ``device``
+    (its type) sets the compute budget of the default image size
+    (:func:`~transferkit.recipes.budget.default_image_size`).
 
     Raises:
         ConfigError: ``batch_size``, ``image_size``, ``augment`` or ``balanced`` given with a
@@ -151,9 +149,8 @@ def build_inputs(
     info = get_info(model)
     stored = (int(images.shape[-2]), int(images.shape[-1]))
     if image_size is None:
-        passes = planned_passes(n, batch_size, epochs=epochs, steps=steps)
         choices.append(image_size_choice(stored, info.input_size, "the images are",
-                                         passes=passes, device=device))
+                                         passes=default_passes(n), device=device))
         image_size = choices[-1].value
     else:
         image_size = max(_validate.image_size(image_size))
