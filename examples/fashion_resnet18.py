@@ -124,7 +124,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--device", default="auto")
     p.add_argument("--data-root", default=None)
     p.add_argument("--subset", type=int, default=None,
-                   help="use only N training and N // 5 test images (quick runs)")
+                   help="use only N training and N // 5 test images (fine_tune's choices "
+                        "fill the same compute budget with more epochs and larger images: "
+                        "name --epochs and --image-size for a quick run)")
     p.add_argument("--out", default="runs/fashion")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--resume", action="store_true",
