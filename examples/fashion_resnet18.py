@@ -8,23 +8,44 @@ The four steps of transfer learning, with the seed's mistakes fixed:
 2. + 3. copy everything but the output layer and add a new 10-class head, with the input
    layer adapted to 1 grey channel (the RGB filters summed, instead of tripling every
    image with ``torch.cat((X, X, X), 1)``, which the seed then forgot at evaluation);
-4. train: the new head with a 10x larger learning rate than the body; evaluation in
-   ``eval()`` mode under ``no_grad``; images resized to 32 px, not 7.
+4. train: the new head with a 10x larger learning rate than the body (recipe ``full``);
+   evaluation in ``eval()`` mode under ``no_grad``; images resized up, not down to 7 px.
 
-Everything trains through ``transferkit.fine_tune``, the engine the command line uses too.
-On a CPU the default trains the stages after the first ``--freeze-stages`` ones
-(``fine_tune(freeze_stages=...)``): the frozen stages never change and no augmentation is
-used, so what they compute is cached once and each epoch only runs the trained stages.
-That is what makes ``make demo`` fit in 10 minutes on 2 cores.
+The example is a thin shell over ``transferkit.fine_tune``, the engine ``transferkit
+train`` uses too: it hands the training and validation images to ``fine_tune`` as
+``(images, labels)`` tensors, and ``fine_tune`` chooses every setting left out from the
+data, each reported with its reason in the log ("chose ...") and the report: the batch size
+(about N/16, 16..256), the number of epochs (round(1000/sqrt(N)) within 3..60), the image
+size (the largest multiple of 32 whose run fits the device's compute budget), the
+augmentation (``light``: random shifts), the body LR (the recipe's ratio to ``--lr``) and
+channels-last on a CPU. For the 55,000 training images that is batch 256, 4 epochs, 32 px
+and shifts on a CPU. A default that helps the example helps ``fine_tune`` and the command
+line alike.
+
+Why everything trains by default (``--freeze-stages 0``): on the 2-core CPU, keeping the
+stem and two stages frozen with their output cached (``--freeze-stages 3``, the example's
+earlier default) was no faster than training everything channels-last, and less accurate
+(issue 14: cached 317 s / 91.27%; ``fine_tune(recipe="full", channels_last=True)``, all
+stages trained, 299 s / 91.56%; fastai 441 s / 91.23%). At 32 px the frozen stem and two
+stages do a small share of a step, and being frozen their backward pass is never built
+anyway: the cache saves only their forward pass, at the price of an extra pass over the
+data to build it (61 s for 55,000 images). Most of a step went to the late stages' 5x5
+depthwise convolutions on 1x1 and 2x2 feature maps, whose oneDNN backward pass is
+pathologically slow; the Trainer now runs them on the kernel taps that reach their input
+(``Trainer(crop_kernels=None)``, on by default on a CPU), which helps every path. Training
+everything also lets the images be augmented, which a cache cannot.
 
 Run ``python examples/fashion_resnet18.py --help`` for the options. Outputs in ``--out``:
-``model.safetensors``, ``history.json``/``.csv``, ``report.md`` and PNG plots.
+``model.safetensors``, ``history.json``/``.csv``, ``report.md`` and PNG plots. ``--tta
+flip`` (any of ``transferkit.train.TTA_MODES``) averages the test predictions over fixed
+views of each test image.
 
 ``--compare`` answers "does transfer help, and which recipe?" with one measurement: four
-arms on the same split, image size, batch size, seed and ``--epochs`` -- ``scratch`` (the
-same backbone, ``--weights none``, every stage trains), ``linear_probe``, ``full`` (the
-default path above) and ``lp_ft`` -- each written to ``OUT/compare/<arm>/``, then one table
-printed and written to ``OUT/compare.md`` and ``OUT/compare.json``.
+arms on the same split and seed, each with the settings ``fine_tune`` chooses for it (the
+same for all four, since they train on the same images) -- ``scratch`` (the same backbone,
+``--weights none``, every stage trains), ``linear_probe``, ``full`` (the default path above)
+and ``lp_ft`` -- each written to ``OUT/compare/<arm>/``, then one table printed and written
+to ``OUT/compare.md`` and ``OUT/compare.json``.
 
 ``--resume`` continues recipe ``full`` from ``OUT/finetune/last.pt`` (same options, possibly a
 larger ``--epochs``: the cosine schedule is then stretched to the new last epoch, said in one
@@ -45,26 +66,26 @@ import torch
 
 import transferkit as tk
 from transferkit.backbones import is_offline
-from transferkit.data import TensorLoader, fashion_mnist
+from transferkit.data import AUGMENT_PRESETS, TensorLoader, fashion_mnist
 from transferkit.errors import TransferKitError, WeightsNotFoundError
-from transferkit.recipes import PROBE_LR
+from transferkit.recipes import PROBE_LR, Choice
 from transferkit.report import write_run_report
-from transferkit.train import select_device
+from transferkit.train import TTA_MODES, select_device
 
 log = logging.getLogger("fashion_resnet18")
 DEFAULT_BACKBONE, FALLBACK_BACKBONE = "resnet18", "efficientnet_lite0"
-WEIGHT_DECAY, WARMUP = 0.01, 0.1  # AdamW's weight decay; warm-up fraction of the steps
-# --compare: arm -> (weights override, recipe, --freeze-stages override), in table order.
-ARMS: dict[str, tuple[str | None, str, int | None]] = {
-    "scratch": ("none", "full", 0),  # random frozen stages would handicap it: all train
-    "linear_probe": (None, "linear_probe", None),
-    "full": (None, "full", None),
-    "lp_ft": (None, "lp_ft", None),
+# --compare: arm -> (weights override, recipe), in table order. Only the full arm keeps
+# --freeze-stages; scratch trains every stage (random frozen stages would handicap it).
+ARMS: dict[str, tuple[str | None, str]] = {
+    "scratch": ("none", "full"),
+    "linear_probe": (None, "linear_probe"),
+    "full": (None, "full"),
+    "lp_ft": (None, "lp_ft"),
 }
+CHOSEN = "default: fine_tune chooses it from the data, said in the log and the report"
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    gpu = torch.cuda.is_available()
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--backbone", default=None,
                    help=f"any registry name (default {DEFAULT_BACKBONE}; when its weights can be "
@@ -72,38 +93,53 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--weights", default="imagenet",
                    help="'imagenet', 'none' (train from scratch) or a weights file")
     p.add_argument("--recipe", default=None,
-                   help="'full' (default: discriminative LRs, frozen stages cached) or any "
+                   help="'full' (default: everything trains, head LR 10x the body's) or any "
                         f"recipe of transferkit.fine_tune: {', '.join(tk.list_recipes())}; "
                         "not with --compare, which runs its own")
     p.add_argument("--compare", action="store_true",
-                   help="train four arms with the same budget (--epochs, >= 2, and the "
-                        "other options): scratch (--weights none, every stage trains), "
-                        "linear_probe, full, lp_ft; into OUT/compare/<arm>/, with one table "
-                        "in OUT/compare.md and .json. Not with --recipe, --resume or "
+                   help="train four arms with the same budget (the same chosen settings; "
+                        "--epochs, if given, >= 2): scratch (--weights none, every stage "
+                        "trains), linear_probe, full, lp_ft; into OUT/compare/<arm>/, with one "
+                        "table in OUT/compare.md and .json. Not with --recipe, --resume or "
                         "--weights none")
-    p.add_argument("--epochs", type=int, default=8 if gpu else 3)
-    p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--image-size", type=int, default=64 if gpu else 32)
-    p.add_argument("--lr", type=float, default=1e-2, help="head LR (body: lr / 10)")
-    p.add_argument("--freeze-stages", type=int, default=0 if gpu else 3,
-                   help="recipe 'full' (and the full arm of --compare; its scratch arm "
-                        "freezes none): stages (stem first) kept frozen and cached")
+    p.add_argument("--epochs", type=int, default=None, help=CHOSEN)
+    p.add_argument("--batch-size", type=int, default=None, help=CHOSEN)
+    p.add_argument("--image-size", type=int, default=None, help=CHOSEN)
+    p.add_argument("--lr", type=float, default=None,
+                   help="head LR (default: the recipe's); the body follows at the recipe's "
+                        "ratio unless --body-lr is given")
+    p.add_argument("--body-lr", type=float, default=None,
+                   help="body LR (default: --lr times the recipe's ratio)")
+    p.add_argument("--augment", choices=tuple(AUGMENT_PRESETS), default=None,
+                   help="augmentation preset (default: light, random shifts; none with "
+                        "--freeze-stages)")
+    p.add_argument("--freeze-stages", type=int, default=0, metavar="K",
+                   help="keep the stem and the next K-1 stages frozen, their output cached "
+                        "once (fine_tune(freeze_stages=K); the full arm only with --compare). "
+                        "Default 0: everything trains")
+    p.add_argument("--tta", choices=tuple(TTA_MODES), default="none",
+                   help="test-time augmentation of the test evaluation (default: none)")
     p.add_argument("--val-size", type=int, default=5000,
                    help="training images held out for validation (model selection)")
     p.add_argument("--device", default="auto")
     p.add_argument("--data-root", default=None)
     p.add_argument("--subset", type=int, default=None,
-                   help="use only N training and N // 5 test images (quick runs)")
+                   help="use only N training and N // 5 test images (fine_tune's choices "
+                        "fill the same compute budget with more epochs and larger images: "
+                        "name --epochs and --image-size for a quick run)")
     p.add_argument("--out", default="runs/fashion")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--resume", action="store_true",
                    help="recipe 'full': continue from OUT/finetune/last.pt, with the same options "
-                        "(a larger --epochs stretches the schedule to the new end)")
+                        "(a larger --epochs stretches the schedule to the new end; give the "
+                        "first run's --image-size then, as the size chosen depends on the "
+                        "run's length)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     args = p.parse_args(argv)
-    for name in ("epochs", "batch_size", "image_size"):
-        if getattr(args, name) <= 0:
-            p.error(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
+    for name in ("epochs", "batch_size", "image_size", "lr", "body_lr", "val_size", "subset"):
+        value = getattr(args, name)
+        if value is not None and value <= 0:
+            p.error(f"--{name.replace('_', '-')} must be positive, got {value}")
     if args.freeze_stages < 0:
         p.error(f"--freeze-stages must be >= 0, got {args.freeze_stages}")
     if args.compare:
@@ -112,16 +148,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                     "drop --recipe")
         if args.resume:
             p.error("--compare cannot --resume: every arm trains afresh in OUT/compare/<arm>/")
-        if args.epochs < 2:
+        if args.epochs is not None and args.epochs < 2:
             p.error(f"--compare needs --epochs >= 2 (lp_ft probes, then fine-tunes), "
                     f"got {args.epochs}")
         if args.weights == "none":
             p.error("--compare compares pretrained weights with none (its scratch arm); "
                     "drop --weights none")
     args.recipe = args.recipe or "full"
-    if args.recipe != "full" and args.recipe not in tk.list_recipes():
-        known = ["full", *tk.list_recipes()]
-        p.error(f"unknown recipe {args.recipe!r}.{tk.errors.closest(args.recipe, known)}")
+    if args.recipe not in tk.list_recipes():
+        p.error(f"unknown recipe {args.recipe!r}."
+                f"{tk.errors.closest(args.recipe, tk.list_recipes())}")
     if args.resume and args.recipe != "full":
         p.error(f"--resume continues recipe 'full' only (transferkit.fine_tune starts "
                 f"afresh), not {args.recipe!r}")
@@ -187,8 +223,9 @@ def run(args: argparse.Namespace, out: Path, notes: list[str], start: float) -> 
     data = fashion_mnist(args.data_root)
     model, backbone, weights = build_model(args, notes)
     result = train_and_report(args, data, model, backbone, weights, out, notes, start)
-    summary = {k: result[k] for k in ("backbone", "weights", "test_acc", "wall_s")}
-    print(f"test accuracy {result['test_acc']:.4f} ({backbone}, {weights} weights) in "
+    summary = {k: result[k] for k in ("backbone", "weights", "test_acc", "tta", "wall_s")}
+    tta = "" if args.tta == "none" else f", test-time augmentation {args.tta}"
+    print(f"test accuracy {result['test_acc']:.4f} ({backbone}, {weights} weights{tta}) in "
           f"{result['wall_s']:.0f} s; report: {out / 'report.md'}")
     print("RESULT " + json.dumps(summary))
     return 0
@@ -199,12 +236,12 @@ def compare(args: argparse.Namespace, out: Path, notes: list[str]) -> int:
     data = fashion_mnist(args.data_root)
     # Resolve the backbone once (the fallback is said here, once): every arm uses it.
     _, backbone, _ = build_model(args, notes)
-    rows = []
-    for i, (arm, (weights_arg, recipe, freeze_stages)) in enumerate(ARMS.items(), 1):
+    rows, used = [], {}
+    for i, (arm, (weights_arg, recipe)) in enumerate(ARMS.items(), 1):
         arm_args = argparse.Namespace(**{
             **vars(args), "backbone": backbone, "recipe": recipe,
             "weights": weights_arg or args.weights,
-            "freeze_stages": args.freeze_stages if freeze_stages is None else freeze_stages,
+            "freeze_stages": args.freeze_stages if arm == "full" else 0,
         })
         arm_out = out / "compare" / arm
         log.info("compare: arm %d/%d, %s", i, len(ARMS), arm)
@@ -213,14 +250,19 @@ def compare(args: argparse.Namespace, out: Path, notes: list[str]) -> int:
         model, _, weights = build_model(arm_args, [])
         result = train_and_report(arm_args, data, model, backbone, weights, arm_out, notes,
                                   arm_start)
+        used[arm] = result["used"]
         rows.append({"arm": arm, "backbone": backbone, "weights": weights, "recipe": recipe,
-                     "trains": result["trains"], "epochs": args.epochs,
+                     "trains": result["trains"], "epochs": result["used"]["epochs"],
                      "val_acc": result["val_acc"], "test_acc": result["test_acc"],
                      "wall_s": result["wall_s"]})
-    budget = {"epochs": args.epochs, "images": result["images"],
-              "image_size": args.image_size, "batch_size": args.batch_size,
-              "head_lr": args.lr, "body_lr": args.lr / 10, "weight_decay": WEIGHT_DECAY,
-              "warmup": WARMUP, "seed": args.seed, "device": result["device"]}
+    # Every arm trains on the same images, so fine_tune chose the same budget for each: the
+    # first arm's (scratch, recipe full) is the table's.
+    first = used["scratch"]
+    budget = {"epochs": first["epochs"], "images": result["images"],
+              "image_size": first["image_size"], "batch_size": first["batch_size"],
+              "augment": first["augment"], "head_lr": first["lr"], "body_lr": first["body_lr"],
+              "probe_lr": used["linear_probe"]["lr"], "weight_decay": first["weight_decay"],
+              "warmup": first["warmup"], "seed": args.seed, "device": result["device"]}
     table = {"budget": budget, "notes": notes, "arms": rows}
     markdown = compare_markdown(table)
     (out / "compare.md").write_text(markdown)
@@ -238,12 +280,13 @@ def compare_markdown(table: dict[str, Any]) -> str:
         "# FashionMNIST: does transfer help, and which recipe?",
         "",
         f"Shared budget: {b['epochs']} epochs per arm on the same train/val/test images "
-        f"({b['images']}), {b['image_size']} px, batch {b['batch_size']}, seed {b['seed']}, "
-        f"AdamW with head LR {b['head_lr']:g} and body LR {b['body_lr']:g} (lp_ft's probe "
-        f"phase: head LR {PROBE_LR:g}), weight decay {b['weight_decay']:g}, "
-        f"{b['warmup']:.0%} warm-up then cosine, on {b['device']}. val acc: the last epoch's; "
-        "wall s: one "
-        "arm from building its model to its report (data loading excluded), one run, not a "
+        f"({b['images']}), {b['image_size']} px, batch {b['batch_size']}, augmentation "
+        f"{b['augment']}, seed {b['seed']}, AdamW with head LR {b['head_lr']:g} and body LR "
+        f"{b['body_lr']:g} (linear_probe: head LR {b['probe_lr']:g}; lp_ft's probe phase: "
+        f"head LR {PROBE_LR:g}), weight decay {b['weight_decay']:g}, {b['warmup']:.0%} "
+        f"warm-up then cosine, on {b['device']}; what was not given, fine_tune chose "
+        "(each arm's report.md says why). val acc: the last epoch's; wall s: one arm from "
+        "building its model to its report (data loading excluded), one run, not a "
         "benchmark.",
         *(f"Note: {note}" for note in table["notes"]),
         "",
@@ -256,6 +299,13 @@ def compare_markdown(table: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def setting(settings: list[Choice], name: str, given: Any) -> Any:
+    """Return ``given``, or else the value ``fine_tune`` chose for ``name`` (``None``: none)."""
+    if given is not None:
+        return given
+    return next((s.value for s in settings if s.name == name), None)
+
+
 def train_and_report(args: argparse.Namespace, data: Any, model: torch.nn.Module,
                      backbone: str, weights: str, out: Path, notes: list[str],
                      start: float) -> dict[str, Any]:
@@ -263,7 +313,8 @@ def train_and_report(args: argparse.Namespace, data: Any, model: torch.nn.Module
 
     Returns:
         backbone, weights, test_acc, val_acc (last epoch), wall_s (since ``start``),
-        trains (what trained, in words), images (train/val/test counts) and device.
+        trains (what trained, in words), images (train/val/test counts), device, tta and
+        used (the settings the run trained with, given or chosen by ``fine_tune``).
     """
     info = tk.get_info(model)
     device = select_device(args.device)
@@ -274,56 +325,63 @@ def train_and_report(args: argparse.Namespace, data: Any, model: torch.nn.Module
     n_val = min(args.val_size, n_train // 5)
     val_idx, train_idx = perm[:n_val], perm[n_val:]
     test_x, test_y = data.test_images[:n_test], data.test_labels[:n_test]
-    log.info("backbone %s (%s weights), %d train / %d val / %d test images at %d px, on %s",
-             backbone, weights, len(train_idx), n_val, n_test, args.image_size, device)
-
-    def loader(images, labels, *, shuffle):
-        return TensorLoader(images, labels, batch_size=args.batch_size, shuffle=shuffle,
-                            image_size=args.image_size, mean=info.mean, std=info.std,
-                            num_classes=10, device=device, seed=args.seed)
-
-    train = loader(data.train_images[train_idx], data.train_labels[train_idx], shuffle=True)
-    val = loader(data.train_images[val_idx], data.train_labels[val_idx], shuffle=False)
-    test = loader(test_x, test_y, shuffle=False)
     images = f"{len(train_idx)}/{n_val}/{n_test}"
-    # Recipe 'full' keeps the first --freeze-stages stages frozen and cached (at least one
-    # stage trains); the other recipes train as transferkit.fine_tune defines them.
-    stages = info.stages
-    k = min(args.freeze_stages, len(stages) - 1) if args.recipe == "full" else 0
+    log.info("backbone %s (%s weights), %d train / %d val / %d test images, on %s",
+             backbone, weights, len(train_idx), n_val, n_test, device)
+    # Everything the user left out (None) fine_tune chooses from the data, and says why.
+    k = args.freeze_stages
+    result = tk.fine_tune(
+        model, (data.train_images[train_idx], data.train_labels[train_idx]),
+        (data.train_images[val_idx], data.train_labels[val_idx]), recipe=args.recipe,
+        epochs=args.epochs, lr=args.lr, body_lr=args.body_lr, batch_size=args.batch_size,
+        image_size=args.image_size, augment=args.augment, freeze_stages=k, out_dir=out,
+        device=device, seed=args.seed, resume=args.resume)
+    notes.extend(n for n in result.notes if n not in notes)
+    trainer, history, settings = result.trainer, result.history, result.settings
+    used = {"epochs": len(history), "image_size": result.image_size,
+            "batch_size": setting(settings, "batch_size", args.batch_size),
+            "augment": setting(settings, "augment", args.augment),
+            "lr": setting(settings, "lr", args.lr),
+            "body_lr": None if args.recipe == "linear_probe"  # no body trains
+            else setting(settings, "body_lr", args.body_lr),
+            "weight_decay": trainer.weight_decay, "warmup": trainer.warmup}
     facts = {"backbone": backbone, "weights": weights, "recipe": args.recipe,
-             "epochs": args.epochs, "batch size": args.batch_size,
-             "image size": args.image_size, "head lr": args.lr, "body lr": args.lr / 10,
-             "device": str(device), "train/val/test images": images, "seed": args.seed}
+             "epochs": used["epochs"], "batch size": used["batch_size"],
+             "image size": used["image_size"], "augmentation": used["augment"],
+             "head lr": used["lr"], "body lr": used["body_lr"], "device": str(device),
+             "train/val/test images": images, "seed": args.seed,
+             "test-time augmentation": args.tta}
+    if used["body_lr"] is None:
+        del facts["body lr"]
+    stages = info.stages
     if k:
         facts["frozen and cached"] = f"stem + {k - 1} stages (input of stage {k}: " \
                                      f"{stages[k].name})"
-    cpu = device.type == "cpu"  # channels-last: several times faster convs on a CPU
-    result = tk.fine_tune(model, train, val, recipe=args.recipe, epochs=args.epochs,
-                          lr=args.lr, body_lr=args.lr / 10, weight_decay=WEIGHT_DECAY,
-                          warmup=WARMUP, freeze_stages=k, channels_last=cpu,
-                          monitor="val_acc", out_dir=out, device=device, seed=args.seed,
-                          resume=args.resume)
-    notes.extend(n for n in result.notes if n not in notes)
-    trainer, history = result.trainer, result.history
     probe = sum(r["phase"] == "probe" for r in history)
     trains = {"linear_probe": "the head (cached features)",
               "lp_ft": f"the head ({probe} ep), then everything"}.get(args.recipe, "everything")
     if k:
         trains = f"{stages[k].name} onwards + head"
-    probs = trainer.predict(test)
-    test_acc = (probs.argmax(1).cpu() == test_y).float().mean().item()
+    # The test images go through the training pipeline's resize and normalisation.
+    test = TensorLoader(test_x, test_y, batch_size=256, image_size=result.image_size,
+                        mean=info.mean, std=info.std, num_classes=10, device=device)
+    probs = trainer.predict(test, tta=args.tta)
+    test_acc = (probs.argmax(1) == test_y).float().mean().item()
     tk.save_model(model, out / "model.safetensors", backbone=backbone,
-                  class_names=data.classes, image_size=args.image_size,
-                  extra={"weights": weights, "recipe": args.recipe, "test_acc": test_acc})
+                  class_names=data.classes, image_size=result.image_size,
+                  extra={"weights": weights, "recipe": args.recipe, "test_acc": test_acc,
+                         "tta": args.tta, "settings": [str(s) for s in settings]})
     wall = time.perf_counter() - start  # everything but the imports and this report
     facts["wall time (s)"] = round(wall, 1)
-    # The same report as `transferkit train` writes; a None plot (no matplotlib) is named.
+    # The same report as `transferkit train` writes: the facts, then each setting fine_tune
+    # chose with its reason ("chose ..."); a None plot (no matplotlib) is named.
     write_run_report(out, title=f"FashionMNIST: {backbone} fine-tuned", facts=facts,
                      history=history, probs=probs, labels=test_y, images=test_x,
-                     class_names=data.classes, settings=result.settings, notes=notes)
+                     class_names=data.classes, settings=settings, notes=notes)
     return {"backbone": backbone, "weights": weights, "test_acc": round(test_acc, 4),
             "val_acc": round(history[-1]["val_acc"], 4), "wall_s": round(wall, 1),
-            "trains": trains, "images": images, "device": str(device)}
+            "trains": trains, "images": images, "device": str(device), "tta": args.tta,
+            "used": used}
 
 
 if __name__ == "__main__":

@@ -15,6 +15,9 @@ import pytest
 import torch
 
 import transferkit.backbones.weights as W
+import transferkit.recipes.budget as budget
+from transferkit.recipes import DEFAULT_AUGMENT
+from transferkit.train import Trainer, select_device
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "examples" / "fashion_resnet18.py"
@@ -49,7 +52,9 @@ def _example() -> ModuleType:
     return module
 
 
-SUBSET_RUN = ("--subset", "600", "--threads", "1")
+# 32 px (the images' own size rounded up) keeps the runs short: with one epoch of a few
+# hundred images fine_tune would choose the backbone's 224 px.
+SUBSET_RUN = ("--subset", "600", "--threads", "1", "--image-size", "32")
 
 
 @pytest.fixture(scope="module")
@@ -135,7 +140,8 @@ def test_report_names_the_plots_it_could_not_draw(env, monkeypatch, tmp_path: Pa
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # makes `import matplotlib` fail
     monkeypatch.setenv("TRANSFERKIT_OFFLINE", "1")
     monkeypatch.chdir(tmp_path)
-    assert _example().main(["--subset", "200", "--epochs", "1", "--out", "run"]) == 0
+    assert _example().main(["--subset", "200", "--epochs", "1", "--image-size", "32",
+                            "--out", "run"]) == 0
     lines = (tmp_path / "run" / "report.md").read_text().splitlines()
     skipped = "plots skipped: matplotlib is not installed (pip install transferkit[plots])"
     for caption in ("training curves", "confusion matrix", "misclassified test images"):
@@ -148,6 +154,7 @@ def test_usage_errors_exit_2(tmp_path: Path) -> None:
     assert proc.returncode == 2 and "did you mean 'full'" in proc.stderr.lower()
     proc = _run("--epochs", "0", "--out", str(tmp_path / "o"))
     assert proc.returncode == 2 and "--epochs must be positive" in proc.stderr
+    assert not (tmp_path / "o").exists()
 
 
 def test_unwritable_out_is_one_line(tmp_path: Path) -> None:
@@ -163,9 +170,14 @@ def test_from_scratch_resnet18_trains_on_cached_stage_inputs(tmp_path: Path) -> 
     # ResNet18's stage-3 input at 32 px is 128x4x4: cached inputs of any shape must work.
     out = tmp_path / "scratch"
     proc = _run("--backbone", "resnet18", "--weights", "none", "--subset", "300",
-                "--epochs", "1", "--out", str(out), "--threads", "1", cache=tmp_path / "c")
+                "--epochs", "1", "--freeze-stages", "3", "--image-size", "32",
+                "--out", str(out), "--threads", "1", cache=tmp_path / "c")
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "cached the input of stage 3:layer3 of 240 train images (128x4x4)" in proc.stderr
+    # A cache is computed once from the images as they are: fine_tune chose no augmentation.
+    assert "chose augment none: freeze_stages caches" in proc.stderr
+    assert "| **frozen and cached** | stem + 2 stages (input of stage 3: 3:layer3) |" in (
+        out / "report.md").read_text()
     result = json.loads(proc.stdout.strip().splitlines()[-1].removeprefix("RESULT "))
     assert result["backbone"] == "resnet18" and result["weights"] == "none (from scratch)"
     assert "not available" not in proc.stderr
@@ -208,8 +220,14 @@ def test_resume_without_a_checkpoint_is_one_line(tmp_path: Path) -> None:
     (["--compare", "--epochs", "1"], "--compare needs --epochs >= 2"),
     (["--compare", "--weights", "none"], "drop --weights none"),
     (["--resume", "--recipe", "lp_ft"], "--resume continues recipe 'full' only"),
+    (["--lr", "0"], "--lr must be positive, got 0.0"),
+    (["--body-lr=-1e-3"], "--body-lr must be positive, got -0.001"),
+    (["--batch-size", "0"], "--batch-size must be positive, got 0"),
+    (["--freeze-stages", "-1"], "--freeze-stages must be >= 0, got -1"),
+    (["--tta", "mirror"], "argument --tta: invalid choice: 'mirror'"),
+    (["--augment", "heavy"], "argument --augment: invalid choice: 'heavy'"),
 ])
-def test_compare_and_resume_usage_errors(argv: list[str], message: str, capsys) -> None:
+def test_option_usage_errors(argv: list[str], message: str, capsys) -> None:
     with pytest.raises(SystemExit) as exc:
         _example().parse_args(argv)
     assert exc.value.code == 2
@@ -223,8 +241,8 @@ ARMS = ["scratch", "linear_probe", "full", "lp_ft"]
 @needs_data
 def test_compare_trains_four_arms_with_one_budget(tmp_path: Path) -> None:
     out = tmp_path / "cmp"
-    proc = _run("--compare", "--subset", "200", "--epochs", "2", "--out", str(out),
-                "--threads", "1", cache=tmp_path / "cache")
+    proc = _run("--compare", "--subset", "200", "--epochs", "2", "--image-size", "32",
+                "--out", str(out), "--threads", "1", cache=tmp_path / "cache")
     assert proc.returncode == 0, proc.stderr[-2000:]
     # The fallback is resolved once, and every arm uses it.
     assert proc.stderr.count("resnet18 ImageNet weights are not available") == 1
@@ -232,17 +250,23 @@ def test_compare_trains_four_arms_with_one_budget(tmp_path: Path) -> None:
     assert last.startswith("COMPARE ")
     table = json.loads(last.removeprefix("COMPARE "))
     assert table == json.loads((out / "compare.json").read_text())
-    assert table["budget"]["epochs"] == 2 and table["budget"]["images"] == "160/40/40"
+    budget_ = table["budget"]
+    assert budget_["epochs"] == 2 and budget_["images"] == "160/40/40"
+    # What was not given, fine_tune chose, the same for every arm (the same 160 images).
+    assert budget_["image_size"] == 32 and budget_["augment"] == DEFAULT_AUGMENT
+    assert budget_["batch_size"] == budget.default_batch_size(160)
+    assert (budget_["head_lr"], budget_["body_lr"]) == (1e-2, 1e-3)  # recipe full's
     rows = table["arms"]
     assert [r["arm"] for r in rows] == ARMS
     assert [r["recipe"] for r in rows] == ["full", "linear_probe", "full", "lp_ft"]
     assert [r["weights"] for r in rows] == ["none (from scratch)"] + ["ImageNet"] * 3
     assert {r["backbone"] for r in rows} == {"efficientnet_lite0"}
     assert {r["epochs"] for r in rows} == {2}
-    # Scratch trains every stage; full keeps the CPU default's frozen, cached stages.
-    assert rows[0]["trains"] == "everything" and rows[2]["trains"].endswith("onwards + head")
+    # Scratch and full train every stage (no stage is frozen by default).
+    assert rows[0]["trains"] == "everything" and rows[2]["trains"] == "everything"
     markdown = (out / "compare.md").read_text()
     assert "Shared budget: 2 epochs per arm" in markdown and "using efficientnet_lite0" in markdown
+    assert f"32 px, batch {budget_['batch_size']}, augmentation light" in markdown
     for row in rows:
         assert 0.0 <= row["val_acc"] <= 1.0 and 0.0 <= row["test_acc"] <= 1.0
         assert row["wall_s"] > 0
@@ -251,8 +275,83 @@ def test_compare_trains_four_arms_with_one_budget(tmp_path: Path) -> None:
         assert f"| {row['arm']} |" in proc.stdout  # the table is printed too
         arm = out / "compare" / row["arm"]
         assert (arm / "report.md").is_file() and (arm / "model.safetensors").is_file()
+        report = (arm / "report.md").read_text()
+        assert f"- chose batch_size {budget_['batch_size']}: default for 160 " in report
+        assert f"- chose augment {DEFAULT_AUGMENT}: default" in report
         history = json.loads((arm / "history.json").read_text())
         assert len(history) == 2 and history[-1]["val_acc"] == pytest.approx(row["val_acc"],
                                                                              abs=5e-5)
     phases = json.loads((out / "compare" / "lp_ft" / "history.json").read_text())
     assert [r["phase"] for r in phases] == ["probe", "finetune"]
+
+
+def _spy_predict(monkeypatch) -> list[dict]:
+    """Record every ``Trainer.predict`` call: its ``tta``, its result and the plain one."""
+    calls: list[dict] = []
+    predict = Trainer.predict
+
+    def spy(self, data, *, probs=True, tta="none"):
+        out = predict(self, data, probs=probs, tta=tta)
+        calls.append({"tta": tta, "probs": out, "plain": predict(self, data, probs=probs)})
+        return out
+
+    monkeypatch.setattr(Trainer, "predict", spy)
+    return calls
+
+
+@needs_data
+def test_default_run_takes_what_fine_tune_chooses(env, monkeypatch, tmp_path: Path) -> None:
+    # No --epochs, --batch-size, --image-size, --augment: fine_tune chooses them from the
+    # data. Its rules are scaled down here (at most 3 epochs, a small pixel budget) so the
+    # run takes seconds; the example must train with, and report, whatever they give.
+    monkeypatch.setattr(budget, "MAX_EPOCHS", 3)
+    device = select_device("auto").type
+    monkeypatch.setitem(budget.PIXEL_BUDGET, device, 2e5)
+    monkeypatch.setenv("TRANSFERKIT_OFFLINE", "1")
+    monkeypatch.chdir(tmp_path)
+    assert _example().main(["--subset", "20", "--threads", "1", "--out", "run"]) == 0
+    import transferkit as tk
+
+    model, meta = tk.load_model(tmp_path / "run" / "model.safetensors")
+    n = 16  # --subset 20: 4 images held out for validation
+    batch = budget.default_batch_size(n)
+    epochs = budget.default_epochs(n)
+    size = budget.default_image_size((28, 28), tk.get_info(model).input_size, device=device,
+                                     passes=budget.planned_passes(n, batch))
+    assert size not in (32, max(tk.get_info(model).input_size))  # the budget decided it
+    report = (tmp_path / "run" / "report.md").read_text()
+    for line in (f"- chose batch_size {batch}: default for {n} training images",
+                 f"- chose epochs {epochs}: default for {n} training images",
+                 f"- chose image_size {size}: the images are 28x28; {n * epochs} image passes",
+                 f"- chose augment {DEFAULT_AUGMENT}: default", "- chose lr 0.01: recipe full",
+                 "- chose body_lr 0.001: head LR x 0.1"):
+        assert line in report, line
+    for fact, value in (("epochs", epochs), ("batch size", batch), ("image size", size),
+                        ("augmentation", DEFAULT_AUGMENT), ("recipe", "full")):
+        assert f"| **{fact}** | {value} |" in report, fact
+    # ... and trained with them: the epochs run, the size the model file records.
+    assert len(json.loads((tmp_path / "run" / "history.json").read_text())) == epochs
+    assert tuple(meta.image_size) == (size, size)
+    assert any(s.startswith(f"image_size {size}: ") for s in meta.extra["settings"])
+
+
+@needs_data
+def test_tta_flip_averages_the_test_predictions(env, monkeypatch, capsys,
+                                                tmp_path: Path) -> None:
+    calls = _spy_predict(monkeypatch)
+    monkeypatch.setenv("TRANSFERKIT_OFFLINE", "1")
+    monkeypatch.chdir(tmp_path)
+    assert _example().main(["--subset", "100", "--epochs", "1", "--image-size", "32",
+                            "--threads", "1", "--tta", "flip", "--out", "run"]) == 0
+    test = calls[-1]  # the test split's predictions
+    assert test["tta"] == "flip" and test["probs"].shape == (20, 10)
+    # The mirrored views change the probabilities; the reported accuracy is the averaged one.
+    assert not torch.allclose(test["probs"], test["plain"], atol=1e-4)
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1].removeprefix("RESULT "))
+    assert result["tta"] == "flip"
+    import transferkit as tk
+
+    labels = tk.data.fashion_mnist(offline=True).test_labels[:20]
+    assert result["test_acc"] == round((test["probs"].argmax(1) == labels).float().mean().item(),
+                                       4)
+    assert "| **test-time augmentation** | flip |" in (tmp_path / "run" / "report.md").read_text()
