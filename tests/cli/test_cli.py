@@ -23,11 +23,13 @@ import transferkit.cli.catalog as cli_catalog
 import transferkit.cli.export as cli_export
 import transferkit.cli.train as cli_train
 from transferkit._version import __version__
+from transferkit.adaptation import get_info
 from transferkit.backbones.model_file import load_model, save_model
 from transferkit.backbones.registry import create, register_backbone, unregister_backbone
 from transferkit.cli import main
 from transferkit.errors import ConfigError
-from transferkit.recipes import DEFAULT_RECIPE
+from transferkit.recipes import DEFAULT_RECIPE, default_image_size
+from transferkit.recipes.budget import default_passes
 
 TINY = "tktest:clitiny"
 ROOT = Path(__file__).resolve().parents[2]
@@ -471,15 +473,21 @@ def test_defaults_are_chosen_from_the_data_and_said(capsys, tmp_path) -> None:
     data, out = _split(tmp_path / "data", mode="L"), tmp_path / "run"
     code, _, err = run(capsys, "train", "--data", data, "--out", out, *_fast("--epochs", "2"))
     assert code == 0, err
+    # Stored at their own size rounded up; trained at the size fine_tune's budget gives 12
+    # images (the default length's image passes, whatever --epochs says).
+    pretrained = get_info(create(TINY, 2, in_chans=1, pretrained=False)).input_size
+    size = default_image_size((32, 32), pretrained, passes=default_passes(12))
     for line in (f"chose recipe {DEFAULT_RECIPE}: the default",
                  "chose in_chans 1: every one of 26 surveyed images is grey",
-                 "chose image_size 32: median image 20x20: rounded up to a multiple of 32",
+                 "chose stored_size 32: median image 20x20: rounded up to a multiple of 32",
+                 f"chose image_size {size}: the images are 32x32; {default_passes(12)} image "
+                 "passes",
                  "chose batch_size 12: default for 12 training images",
                  "chose augment light: default", "chose lr 0.001: recipe lp_ft's default",
                  "chose body_lr 0.0001: head LR x 0.1"):
         assert line in err, line
     _, meta = load_model(out / "model.safetensors")
-    assert meta.in_chans == 1 and meta.image_size == (32, 32)
+    assert meta.in_chans == 1 and meta.image_size == (size, size) and size > 32
     assert "batch_size 12: default for 12 training images (about N/16, 16..256)" in \
         meta.extra["settings"]
     report = (out / "report.md").read_text()
