@@ -15,7 +15,7 @@ import math
 import torch
 from torch import nn
 
-from transferkit.adaptation.core import get_info, unwrap
+from transferkit.adaptation.core import unwrap
 from transferkit.adaptation.groups import no_weight_decay_names, param_groups
 from transferkit.errors import HeadNotFoundError, TransferKitError
 
@@ -49,12 +49,12 @@ def default_optimizer(
     # Read before the fallback below, so that a bad no_weight_decay() is never swallowed.
     exempt = no_weight_decay_names(model) if weight_decay else frozenset()
     try:
-        # get_info finds no head on a backbone without a classifier (heads == ()), where
-        # param_groups would put every parameter in the body, at body_lr.
-        why = None if get_info(model).heads else "the model has no recognisable head"
-        if why is None:
-            groups = param_groups(model, lr, body_lr, weight_decay=weight_decay,
-                                  layer_decay=layer_decay, include_frozen=True)
+        groups = param_groups(model, lr, body_lr, weight_decay=weight_decay,
+                              layer_decay=layer_decay, include_frozen=True)
+        # A backbone without a classifier has no heads (get_info: heads == ()), and
+        # param_groups puts every parameter in the body, at body_lr.
+        heads = any(str(g.get("name", "")).split("/")[0] == "head" for g in groups)
+        why = None if heads else "the model has no recognisable head"
     except TransferKitError as exc:
         if layer_decay is not None:
             raise
