@@ -26,6 +26,11 @@ same backbone, ``--weights none``, every stage trains), ``linear_probe``, ``full
 default path above) and ``lp_ft`` -- each written to ``OUT/compare/<arm>/``, then one table
 printed and written to ``OUT/compare.md`` and ``OUT/compare.json``.
 
+``--eval-every STEPS`` also evaluates the first ``EVAL_IMAGES`` validation images every
+STEPS optimizer steps (``transferkit.PeriodicEval``) and writes the accuracy over time to
+``OUT/eval_every.json``: what ``benchmarks/time_to_accuracy.py`` reads to see when an
+accuracy is first reached, mid-epoch. Off by default (each evaluation costs time).
+
 ``--resume`` continues recipe ``full`` from ``OUT/finetune/last.pt`` (same options, possibly a
 larger ``--epochs``: the cosine schedule is then stretched to the new last epoch, said in one
 line).
@@ -54,6 +59,7 @@ from transferkit.train import select_device
 log = logging.getLogger("fashion_resnet18")
 DEFAULT_BACKBONE, FALLBACK_BACKBONE = "resnet18", "efficientnet_lite0"
 WEIGHT_DECAY, WARMUP = 0.01, 0.1  # AdamW's weight decay; warm-up fraction of the steps
+EVAL_IMAGES = 1000  # --eval-every: the validation images evaluated every STEPS steps
 # --compare: arm -> (weights override, recipe, --freeze-stages override), in table order.
 ARMS: dict[str, tuple[str | None, str, int | None]] = {
     "scratch": ("none", "full", 0),  # random frozen stages would handicap it: all train
@@ -100,9 +106,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="recipe 'full': continue from OUT/finetune/last.pt, with the same options "
                         "(a larger --epochs stretches the schedule to the new end)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--eval-every", type=int, default=None, metavar="STEPS",
+                   help=f"also evaluate the first {EVAL_IMAGES} validation images every STEPS "
+                        "optimizer steps, into OUT/eval_every.json (time to accuracy)")
     args = p.parse_args(argv)
-    for name in ("epochs", "batch_size", "image_size"):
-        if getattr(args, name) <= 0:
+    for name in ("epochs", "batch_size", "image_size", "eval_every"):
+        if getattr(args, name) is not None and getattr(args, name) <= 0:
             p.error(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
     if args.freeze_stages < 0:
         p.error(f"--freeze-stages must be >= 0, got {args.freeze_stages}")
@@ -298,11 +307,19 @@ def train_and_report(args: argparse.Namespace, data: Any, model: torch.nn.Module
         facts["frozen and cached"] = f"stem + {k - 1} stages (input of stage {k}: " \
                                      f"{stages[k].name})"
     cpu = device.type == "cpu"  # channels-last: several times faster convs on a CPU
+    watch = None if args.eval_every is None else tk.PeriodicEval(
+        loader(data.train_images[val_idx[:EVAL_IMAGES]],
+               data.train_labels[val_idx[:EVAL_IMAGES]], shuffle=False), every=args.eval_every)
     result = tk.fine_tune(model, train, val, recipe=args.recipe, epochs=args.epochs,
                           lr=args.lr, body_lr=args.lr / 10, weight_decay=WEIGHT_DECAY,
                           warmup=WARMUP, freeze_stages=k, channels_last=cpu,
                           monitor="val_acc", out_dir=out, device=device, seed=args.seed,
-                          resume=args.resume)
+                          resume=args.resume, callbacks=[watch] if watch else [])
+    if watch is not None:
+        (out / "eval_every.json").write_text(json.dumps({
+            "every": args.eval_every, "images": min(EVAL_IMAGES, n_val),
+            "fit_started_at": watch.fit_started_at, "first_step_at": watch.first_step_at,
+            "cache_s": result.timings.get("cache_s"), "records": watch.records}, indent=1))
     notes.extend(n for n in result.notes if n not in notes)
     trainer, history = result.trainer, result.history
     probe = sum(r["phase"] == "probe" for r in history)

@@ -70,7 +70,14 @@ from transferkit.recipes import (
     fine_tune,
     list_recipes,
 )
-from transferkit.train import Callback, Trainer, load_checkpoint, save_checkpoint, warmup_cosine
+from transferkit.train import (
+    Callback,
+    PeriodicEval,
+    Trainer,
+    load_checkpoint,
+    save_checkpoint,
+    warmup_cosine,
+)
 
 __all__ = [
     "__version__",
@@ -94,6 +101,7 @@ __all__ = [
     "L2SPLoss",
     "ModelMeta",
     "NonFiniteLossError",
+    "PeriodicEval",
     "PooledClassifier",
     "RECIPES",
     "Recipe",

@@ -2,6 +2,8 @@
 
 - :mod:`~transferkit.train.trainer`: :class:`Trainer` (fit, evaluate, predict, resume);
 - :mod:`~transferkit.train.callbacks`: the events user code hooks into;
+  :mod:`~transferkit.train.periodic_eval` (:class:`PeriodicEval`), a callback that
+  evaluates a fixed slice every few steps, to see when an accuracy is reached;
 - :mod:`~transferkit.train.checkpoint` and :mod:`~transferkit.train.state`: safe
   checkpoints and the Trainer's checkpoint format;
 - :mod:`~transferkit.train.optim` and :mod:`~transferkit.train.schedules`: the default
@@ -24,12 +26,14 @@ from transferkit.train.callbacks import EVENTS, Callback
 from transferkit.train.checkpoint import load_checkpoint, save_checkpoint
 from transferkit.train.devices import select_device
 from transferkit.train.distributed import cleanup
+from transferkit.train.periodic_eval import PeriodicEval
 from transferkit.train.schedules import WarmupCosine, warmup_cosine, warmup_cosine_scheduler
 from transferkit.train.trainer import Trainer, check_trainer_args
 
 __all__ = [
     "EVENTS",
     "Callback",
+    "PeriodicEval",
     "Trainer",
     "WarmupCosine",
     "check_trainer_args",
