@@ -148,6 +148,8 @@ def test_usage_errors_exit_2(tmp_path: Path) -> None:
     assert proc.returncode == 2 and "did you mean 'full'" in proc.stderr.lower()
     proc = _run("--epochs", "0", "--out", str(tmp_path / "o"))
     assert proc.returncode == 2 and "--epochs must be positive" in proc.stderr
+    proc = _run("--eval-every", "0", "--out", str(tmp_path / "o"))
+    assert proc.returncode == 2 and "--eval-every must be positive, got 0" in proc.stderr
 
 
 def test_unwritable_out_is_one_line(tmp_path: Path) -> None:
