@@ -170,11 +170,13 @@ class ChildRun:
     stdout: str
     wall_s: float
     peak_rss_mb: float | None  # the child's own ru_maxrss; None when it was killed
+    cpu_s: float | None = None  # the child's user + system CPU time; None when killed
 
 
-# A tiny Python process that forks, runs the command and writes the child's exit code and
-# ru_maxrss (KiB). Needed because Linux carries a process's peak RSS across exec, and a
-# child forked (or vforked) straight from a benchmark's parent starts at the parent's peak.
+# A tiny Python process that forks, runs the command and writes the child's exit code,
+# ru_maxrss (KiB) and CPU seconds. Needed because Linux carries a process's peak RSS across
+# exec, and a child forked (or vforked) straight from a benchmark's parent starts at the
+# parent's peak.
 _LAUNCHER = """
 import os, sys
 pid = os.fork()
@@ -183,14 +185,18 @@ if pid == 0:
 _, status, usage = os.wait4(pid, 0)
 code = os.waitstatus_to_exitcode(status)
 with open(sys.argv[1], "w") as f:
-    f.write(f"{code} {usage.ru_maxrss}")
+    f.write(f"{code} {usage.ru_maxrss} {usage.ru_utime + usage.ru_stime}")
 sys.exit(code if 0 <= code < 256 else 1)
 """
 
 
 def run_child(cmd: list[str], *, env: dict[str, str] | None = None, cwd: Path = ROOT,
               stderr: Path | None = None, timeout: float | None = None) -> ChildRun:
-    """Run ``cmd`` and return its stdout, wall time and its own peak RSS.
+    """Run ``cmd`` and return its stdout, wall time, its own peak RSS and its CPU time.
+
+    On a shared machine the CPU time (user + system, of the child and the processes it
+    waited for) moves much less with the load than the wall time: a single-threaded child
+    that waits for a core is not charged for the wait.
 
     The command runs under a small launcher process that reads the child's ``ru_maxrss``
     with ``os.wait4``: ``RUSAGE_CHILDREN`` would be the maximum over every child so far,
@@ -216,8 +222,8 @@ def run_child(cmd: list[str], *, env: dict[str, str] | None = None, cwd: Path = 
         stdout = out.read()
         if not report.exists():  # killed before the child ended
             return ChildRun(None, stdout, wall, None)
-        code, maxrss = map(int, report.read_text().split())
-    return ChildRun(code, stdout, wall, maxrss / 1024)
+        code, maxrss, cpu = report.read_text().split()
+    return ChildRun(int(code), stdout, wall, int(maxrss) / 1024, float(cpu))
 
 
 def print_result(result: dict[str, Any]) -> None:

@@ -34,8 +34,12 @@ def test_quick_cost_measures_each_cell_and_predicts_what_it_skips() -> None:
     assert first["wall_s"] > first["startup_s"] > 0
     assert first["s_per_1k"] == pytest.approx(
         (first["cache_s"] + first["train_s"]) / 200 * 1000, rel=0.02)
-    assert 100 < first["peak_rss_mb"] < 20000 and 0 <= first["test_acc"] <= 1
+    assert 100 < first["startup_rss_mb"] <= first["peak_rss_mb"] < 20000
+    assert 0 < first["cpu_s"] and 0 <= first["test_acc"] <= 1
     assert "image_size 32" not in " ".join(first["settings"])  # given, not chosen
     assert second["status"].startswith("not run: predicted")
     assert "linear from N=200" in second["status"] and "over --cell-limit 1 s" in second["status"]
+    # Predicted memory: the start-up's peak plus the growth past it, scaled to 400 images.
+    grown = first["peak_rss_mb"] - first["startup_rss_mb"]
+    assert second["peak_rss_mb"] == round(first["startup_rss_mb"] + 2 * grown)
     assert "| 400 | 32 | not run: predicted" in proc.stdout

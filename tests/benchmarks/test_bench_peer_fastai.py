@@ -53,7 +53,7 @@ def test_quick_transferkit_arms_share_one_evaluation(tmp_path: Path) -> None:
         assert arm["test_images"] == 100 and arm["image_size"] == 32 and arm["epochs"] == 1
         assert 0.0 <= arm["test_acc"] <= 1.0 and 0.0 <= arm["val_acc"] <= 1.0
         assert arm["process_s"] >= arm["work_s"] > 0
-        assert 100 < arm["peak_rss_mb"] < 20000
+        assert 100 < arm["peak_rss_mb"] < 20000 and arm["cpu_s"] > 0
         assert (out / arm["arm"] / "model.safetensors").is_file()
         assert "process_vs_fastai" not in arm  # no fastai arm ran
     # The example's own test accuracy (its predict) and the shared evaluation agree: the
@@ -74,7 +74,7 @@ def test_quick_fastai_arm(tmp_path: Path) -> None:
     assert arm["library"].startswith("fastai 2.8") and arm["epochs"] == 1
     assert arm["train_batches"] == 1  # fastai drops the last incomplete batch (144 of 400)
     assert arm["test_images"] == 100 and 0.0 <= arm["test_acc"] <= 1.0
-    assert arm["process_vs_fastai"] == 1.0 and arm["peak_rss_mb"] > 100
+    assert arm["process_vs_fastai"] == arm["cpu_vs_fastai"] == 1.0 and arm["peak_rss_mb"] > 100
 
 
 def test_missing_fastai_says_how_to_get_it(tmp_path: Path) -> None:
