@@ -17,8 +17,9 @@ in_chans=1)`` (after ``torch.manual_seed(seed)``), trains on the example's split
 FashionMNIST training set (55,000 train / 5,000 val), at the image size, batch size, number
 of epochs and LRs the example trained with (``tk_default`` runs first; what the example
 leaves to ``fine_tune`` is read from its run), saves its weights with
-``transferkit.save_model``, and the parent evaluates every file with ONE function on the same 10,000 test images (resized
-and normalised by ``TensorLoader`` with the model's mean/std). Peak memory is each
+``transferkit.save_model``, and the parent evaluates every file with ONE function on the
+same 10,000 test images (resized and normalised by ``TensorLoader`` with the model's
+mean/std). Peak memory is each
 child's own ``ru_maxrss`` (``os.wait4``). The differences in defaults are listed in
 ``docs/benchmarks.md``.
 
