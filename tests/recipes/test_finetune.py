@@ -144,6 +144,31 @@ def test_lp_ft_probes_then_trains_everything(fmnist, tmp_path):
     assert (tmp_path / "finetune" / "last.pt").is_file()
 
 
+def test_lp_ft_keeps_the_probe_when_it_validated_better(fmnist):
+    # A body LR of 0.1 wrecks the random-init body (val loss ~1e6): the probe's epoch stays
+    # the best of the run, and the model ends with its weights, said in a note.
+    train, val = _data(fmnist, 64, 64)
+    model = _model()
+    before = _params(model)
+    result = fine_tune(model, train, val, recipe="lp_ft", epochs=3, lr=0.1, body_lr=0.1,
+                       device="cpu")
+    probe, *tuned = result.history
+    assert probe["phase"] == "probe" and all(r["val_loss"] > probe["val_loss"] for r in tuned)
+    head = {n for n in before if n.startswith("fc.")}
+    assert _changed(before, model) == head  # the body as pretrained, the probe's head
+    assert result.trainer.evaluate(val)["loss"] == pytest.approx(probe["val_loss"],
+                                                                     rel=1e-5)
+    assert result.notes == [f"lp_ft: the probe's best val_loss {probe['val_loss']:.4g} (epoch 1) "
+                            f"beat the fine-tuning phase's best "
+                            f"{min(r['val_loss'] for r in tuned):.4g}: the model keeps the "
+                            "probe's weights (the body as pretrained, the probe's head)"]
+    # With a body LR that trains, fine-tuning validates better and its weights stay.
+    model = _model()
+    result = fine_tune(model, train, val, recipe="lp_ft", epochs=3, device="cpu")
+    assert min(r["val_loss"] for r in result.history[1:]) < result.history[0]["val_loss"]
+    assert _changed(before, model) == set(before) and result.notes == []
+
+
 def _bn_stats(model):
     return {n: b.clone() for n, b in model.named_buffers() if "running" in n}
 

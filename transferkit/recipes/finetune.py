@@ -54,7 +54,7 @@ from transferkit.train.batch_checks import data_len
 from transferkit.train.callbacks import Callback
 from transferkit.train.checkpoint import get_rng_state, set_rng_state
 from transferkit.train.devices import Precision, select_device
-from transferkit.train.history import write_history
+from transferkit.train.history import higher_is_better, write_history
 from transferkit.train.lr_finder import LRFindResult
 from transferkit.train.trainer import Trainer, check_trainer_args
 
@@ -152,6 +152,40 @@ def _check_mixing(kwargs: dict[str, Any], *, recipe: str, cache_features: bool,
         return (f"lp_ft: mixing ({what}) in the fine-tuning phase only; the probe fits the "
                 "head on the unmixed images.")
     return None
+
+
+def _phase_best(trainer: Trainer, model: nn.Module) -> tuple[float, int, dict] | None:
+    """Return the probe's best (value, epoch) and a CPU copy of the model it ended with.
+
+    ``None`` unless the phase ended on its best validation epoch (``restore_best``), so
+    that the copy holds the weights the value was measured on.
+    """
+    if trainer.restored_epoch is None or trainer.best.get("value") is None:
+        return None
+    state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+    return float(trainer.best["value"]), int(trainer.best["epoch"]), state
+
+
+def _keep_better_phase(probe: tuple[float, int, dict], trainer: Trainer, model: nn.Module,
+                       notes: list[str]) -> None:
+    """Give ``model`` the probe's weights back when they validated better than fine-tuning's.
+
+    On some small data sets fine-tuning the body never beats the probe on the validation
+    data (measured: 8x8 digits, docs/recipes.md); the model then keeps the best weights of
+    the whole run, not of its last phase. Ties keep the fine-tuned weights.
+    """
+    value, epoch, state = probe
+    monitor, best = trainer.monitor, trainer.best.get("value")
+    if trainer.restored_epoch is None or best is None:
+        return  # the fine-tuned weights were not chosen on validation: nothing to compare
+    if not (value > best if higher_is_better(monitor) else value < best):
+        return
+    model.load_state_dict(state)
+    note = (f"lp_ft: the probe's best {monitor} {value:.4g} (epoch {epoch}) beat the "
+            f"fine-tuning phase's best {best:.4g}: the model keeps the probe's weights "
+            "(the body as pretrained, the probe's head)")
+    log.info(note)
+    notes.append(note)
 
 
 def _phase_records(history: list[dict[str, Any]], phase: str, offset: int) -> list[dict]:
@@ -549,6 +583,7 @@ def fine_tune(
     for choice in settings:
         log.info("chose %s", choice)
     before = freeze_state(model)
+    probe = None  # lp_ft: the probe's best, compared with fine-tuning's at the end
     try:
         if spec.name in ("linear_probe", "lp_ft"):
             n = epochs if spec.name == "linear_probe" else n_probe
@@ -559,6 +594,7 @@ def fine_tune(
                              timings=timings, resume=resume,
                              sweeps=sweeps if spec.name == "linear_probe" else None)
             history += _phase_records(trainer.history, "probe", 0)
+            probe = _phase_best(trainer, model) if spec.name == "lp_ft" else None
         if spec.name != "linear_probe":
             head = lr_ if isinstance(lr_, float) else spec.lr  # "find": replaced by the sweep
             body = body_lr_ if body_lr_ is not None else head * _body_ratio(spec)
@@ -571,6 +607,8 @@ def fine_tune(
                 args=args_for("finetune"), notes=notes, timings=timings, resume=resume,
                 sweeps=sweeps)
             history += _phase_records(trainer.history, "finetune", n_probe)
+            if probe is not None:
+                _keep_better_phase(probe, trainer, model, notes)
     except BaseException:
         if not history:  # nothing trained yet: give the model its freezing back
             load_freeze_state(model, before)
