@@ -19,7 +19,7 @@ from transferkit.recipes import (
     fine_tune,
 )
 from transferkit.recipes.budget import PIXEL_BUDGET, default_passes
-from transferkit.recipes.inputs import num_samples
+from transferkit.recipes.inputs import AUGMENT_MIN_EPOCHS, build_inputs, num_samples
 
 
 @pytest.mark.parametrize("n, batch", [(1, 16), (100, 16), (300, 16), (500, 32), (1000, 64),
@@ -126,6 +126,25 @@ def test_tensors_get_chosen_settings_each_with_a_reason(caplog):
         assert f"chose {s}" in caplog.text
     assert result.trainer.lr == 1e-2 and len(result.history) == 2
     assert [r["body_lr"] / r["lr"] for r in result.history if r["lr"]] == [pytest.approx(0.1)]
+
+
+@pytest.mark.parametrize(("n", "augment"), [(11_000, "light"), (12_000, "none")])
+def test_a_short_default_run_is_not_augmented(n, augment):
+    # Up to ~11,000 images the default run has 10+ epochs and shifts; past it, none.
+    images = torch.zeros(n, 1, 8, 8, dtype=torch.uint8)
+    inputs = build_inputs(_model(), (images, torch.arange(n) % 4), None, batch_size=None,
+                          image_size=None, augment=None, seed=0)
+    (choice,) = [c for c in inputs.choices if c.name == "augment"]
+    assert choice.value == augment
+    assert (default_epochs(n) < AUGMENT_MIN_EPOCHS) == (augment == "none")
+    if augment == "none":
+        assert choice.why == (f"{n} training images: a default run of {default_epochs(n)} "
+                              f"epochs (under {AUGMENT_MIN_EPOCHS}) underfits, and "
+                              "augmentation measured worse there")
+    # Given, it is kept whatever the size.
+    inputs = build_inputs(_model(), (images, torch.arange(n) % 4), None, batch_size=None,
+                          image_size=None, augment="standard", seed=0)
+    assert not [c for c in inputs.choices if c.name == "augment"]
 
 
 def test_the_length_defaults_from_the_data_or_from_steps():
