@@ -135,8 +135,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=_positive_int, default=None,
                    help="default: about N/16 images, 16..256")
     p.add_argument("--image-size", type=_positive_int, default=None,
-                   help="stored and training size (default: the images' median size rounded "
-                        "up to a multiple of 32, at most the backbone's)")
+                   help="stored and training size (default: stored at the images' median "
+                        "size rounded up to a multiple of 32, at most the backbone's; trained "
+                        "at the largest size the device's compute budget allows)")
     p.add_argument("--lr", type=_lr, default=None,
                    help="head LR (default: the recipe's), or 'find': swept by lr_find at the "
                         "start of its phase (OUT/lr_find.png); the body follows at the "
@@ -145,7 +146,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--freeze-stages", type=int, default=0, metavar="K",
                    help="keep the stem and K-1 stages frozen, cached once (default 0)")
     p.add_argument("--augment", choices=tuple(AUGMENT_PRESETS), default=None,
-                   help="augmentation preset (default: light, shifts without flips)")
+                   help="augmentation preset (default: light, shifts without flips; none "
+                        "past about 11,000 training images)")
     p.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32")
     p.add_argument("--patience", type=_positive_int, default=None, metavar="N",
                    help="stop early after N epochs without a better validation loss "
