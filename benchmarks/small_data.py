@@ -35,9 +35,9 @@ import argparse
 import json
 import multiprocessing
 import os
+import signal
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
 import _common  # noqa: F401  # puts the repository root on sys.path
@@ -243,6 +243,14 @@ def _job(name: str, arm: tuple, seed: int, backbone: str, threads: int | None,
     return name, label, seed, row
 
 
+def _job_star(job: tuple) -> tuple[str, str, int, dict]:
+    return _job(*job)
+
+
+def _stop(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
 def _data(name: str, quick: bool) -> tuple[Split, Split, Split, list[str]]:
     data = build(name)
     if quick:  # 5 training and 5 test images a class
@@ -315,11 +323,14 @@ def main(argv: list[str] | None = None) -> int:
         for name, arm, seed in jobs:
             record(*_job(name, arm, seed, *common))
     else:
+        # A Pool, not a ProcessPoolExecutor: leaving its block (an error, Ctrl-C, or a
+        # SIGTERM turned into SystemExit here) terminates the workers, where an executor
+        # waits for them, and a killed parent left its workers training for an hour.
+        signal.signal(signal.SIGTERM, _stop)
         context = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(args.jobs, mp_context=context) as pool:
-            futures = [pool.submit(_job, name, arm, seed, *common) for name, arm, seed in jobs]
-            for future in as_completed(futures):
-                record(*future.result())
+        with context.Pool(args.jobs) as pool:
+            for row in pool.imap_unordered(_job_star, [(*job, *common) for job in jobs]):
+                record(*row)
     results = {}
     for name in names:
         rows = mean_rows({label: sorted(rs, key=lambda r: r["seconds"])

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -32,6 +34,53 @@ def test_quick_run_prints_a_table_and_a_verdict(tmp_path):
         assert len(accs) == 2 and sorted(row["per_seed"]) == accs
         assert row["test_acc"] == round(sum(accs) / 2, 4)
     assert "| digits |" in proc.stdout
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # the process ended meanwhile
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs Linux's /proc")
+def test_a_terminated_run_takes_its_workers_with_it(tmp_path):
+    # Before: a killed parent left its --jobs workers training (an hour of CPU, found by
+    # the load they put on every later measurement).
+    pytest.importorskip("sklearn")
+    proc = subprocess.Popen([sys.executable, str(ROOT / "benchmarks" / "small_data.py"),
+                             "--quick", "--threads", "1", "--seeds", "0", "1", "--jobs", "2"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+    try:
+        deadline = time.monotonic() + 120
+        workers: list[int] = []
+        while len(workers) < 3 and time.monotonic() < deadline:  # tracker + 2 workers
+            time.sleep(0.5)
+            workers = _children(proc.pid)
+        assert len(workers) >= 3, workers
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 128 + signal.SIGTERM
+        deadline = time.monotonic() + 30
+        while any(map(_alive, workers)) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not [w for w in workers if _alive(w)]
+    finally:
+        proc.kill()
+        proc.wait()
 
 
 def test_write_folder_writes_the_split_folder_train_reads(tmp_path):
