@@ -37,8 +37,8 @@ DEFAULT_AUGMENT = "light"
 #: Below this many default epochs (more than about 11,000 training images) no augmentation
 #: is the default: a run of a few passes underfits, and shifts cost accuracy there. Measured
 #: on FashionMNIST (55,000 images, recipe full, 4 epochs, 32 px): light shifts 90.14% test
-#: accuracy (train 90.2%), validation 0.855 after the first epoch against 0.877 without
-#: (docs/benchmarks.md). The boundary itself is not swept.
+#: accuracy (train 90.2%), without them 91.08% (docs/benchmarks.md, peer_fastai.py's
+#: tk_default arm). The boundary itself is not swept.
 AUGMENT_MIN_EPOCHS = 10
 
 
