@@ -17,6 +17,7 @@ import torch
 import transferkit.backbones.weights as W
 import transferkit.recipes.budget as budget
 from transferkit.recipes import DEFAULT_AUGMENT
+from transferkit.recipes.inputs import AUGMENT_MIN_EPOCHS
 from transferkit.train import Trainer, select_device
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -321,15 +322,17 @@ def test_default_run_takes_what_fine_tune_chooses(env, monkeypatch, tmp_path: Pa
     size = budget.default_image_size((28, 28), tk.get_info(model).input_size, device=device,
                                      passes=budget.default_passes(n))
     assert size not in (32, max(tk.get_info(model).input_size))  # the budget decided it
+    # A default run this short (3 epochs here) is not augmented: fine_tune's rule.
+    assert epochs < AUGMENT_MIN_EPOCHS
     report = (tmp_path / "run" / "report.md").read_text()
     for line in (f"- chose batch_size {batch}: default for {n} training images",
                  f"- chose epochs {epochs}: default for {n} training images",
                  f"- chose image_size {size}: the images are 28x28; {n * epochs} image passes",
-                 f"- chose augment {DEFAULT_AUGMENT}: default", "- chose lr 0.01: recipe full",
-                 "- chose body_lr 0.001: head LR x 0.1"):
+                 f"- chose augment none: {n} training images: a default run of {epochs} epochs",
+                 "- chose lr 0.01: recipe full", "- chose body_lr 0.001: head LR x 0.1"):
         assert line in report, line
     for fact, value in (("epochs", epochs), ("batch size", batch), ("image size", size),
-                        ("augmentation", DEFAULT_AUGMENT), ("recipe", "full")):
+                        ("augmentation", "none"), ("recipe", "full")):
         assert f"| **{fact}** | {value} |" in report, fact
     # ... and trained with them: the epochs run, the size the model file records.
     assert len(json.loads((tmp_path / "run" / "history.json").read_text())) == epochs
