@@ -226,6 +226,19 @@ def run_child(cmd: list[str], *, env: dict[str, str] | None = None, cwd: Path = 
     return ChildRun(int(code), stdout, wall, int(maxrss) / 1024, float(cpu))
 
 
+EXAMPLE = ROOT / "examples" / "fashion_resnet18.py"
+
+
+def import_example() -> Any:
+    """Import ``examples/fashion_resnet18.py`` as a module (its ``parse_args``, defaults)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("fashion_example", EXAMPLE)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def print_result(result: dict[str, Any]) -> None:
     """Print the machine-readable last line: ``RESULT {json}``."""
     print(RESULT_PREFIX + json.dumps(result), flush=True)

@@ -33,7 +33,6 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import sys
@@ -44,6 +43,7 @@ from typing import Any
 
 from _common import (
     ROOT,
+    import_example,
     machine,
     markdown_table,
     parse_result,
@@ -52,17 +52,13 @@ from _common import (
     run_child,
 )
 
-EXAMPLE = ROOT / "examples" / "fashion_resnet18.py"
 BACKBONE = "efficientnet_lite0"
 TEST_IMAGES = 2000  # a fixed test set: 10,000 at 224 px would take minutes per cell
 
 
 def example_path() -> tuple[str, int]:
     """The recipe and ``--freeze-stages`` examples/fashion_resnet18.py uses by default here."""
-    spec = importlib.util.spec_from_file_location("fashion_example", EXAMPLE)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    args = module.parse_args([])
+    args = import_example().parse_args([])
     return args.recipe, args.freeze_stages
 
 

@@ -36,7 +36,6 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import subprocess
@@ -47,10 +46,18 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from _common import ROOT, machine, markdown_table, parse_result, print_result, run_child
+from _common import (
+    EXAMPLE,
+    ROOT,
+    import_example,
+    machine,
+    markdown_table,
+    parse_result,
+    print_result,
+    run_child,
+)
 
 BACKBONE = "efficientnet_lite0"
-EXAMPLE = ROOT / "examples" / "fashion_resnet18.py"
 BENCH_PYTHON = ROOT / ".venv-bench" / "bin" / "python"
 ARMS = ("fastai", "tk_default", "tk_full")
 EXTRA_ARMS = ("fastai_fine_tune",)
@@ -60,10 +67,7 @@ QUICK_SUBSET = 1000
 # ----------------------------------------------------------------------------- shared
 def example_defaults() -> argparse.Namespace:
     """Return the options ``examples/fashion_resnet18.py`` runs with when given none."""
-    spec = importlib.util.spec_from_file_location("fashion_example", EXAMPLE)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.parse_args([])
+    return import_example().parse_args([])
 
 
 def split(n_train_total: int, val_size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
