@@ -184,11 +184,11 @@ def child_tk_full(cfg: dict[str, Any], out: Path) -> dict[str, Any]:
     data, model, loader, train_idx, val_idx = _child_data(cfg)
     train, val = loader(train_idx, shuffle=True), loader(val_idx, shuffle=False)
     fit_start = time.perf_counter()
+    given = {k: cfg[k] for k in ("weight_decay", "warmup") if cfg[k] is not None}
     result = tk.fine_tune(model, train, val, recipe="full", epochs=cfg["epochs"],
-                          lr=cfg["head_lr"], body_lr=cfg["body_lr"],
-                          weight_decay=cfg["weight_decay"], warmup=cfg["warmup"],
-                          channels_last=True, monitor="val_acc", device="cpu",
-                          seed=cfg["seed"], progress=False)
+                          lr=cfg["head_lr"], body_lr=cfg["body_lr"], channels_last=True,
+                          monitor="val_acc", device="cpu", seed=cfg["seed"], progress=False,
+                          **given)
     fit_s = time.perf_counter() - fit_start
     tk.save_model(model, out / "model.safetensors", backbone=BACKBONE,
                   class_names=data.classes, image_size=cfg["image_size"])
@@ -323,7 +323,7 @@ def main(argv: list[str] | None = None) -> int:
     n_test = test_count(ex.subset)
     budget = {"epochs": ex.epochs, "batch_size": ex.batch_size, "image_size": ex.image_size,
               "head_lr": ex.lr, "body_lr": ex.body_lr or (ex.lr and ex.lr / 10),
-              "weight_decay": 0.01, "warmup": 0.1, "seed": ex.seed,
+              "weight_decay": None, "warmup": None, "seed": ex.seed,  # None: the Trainer's
               "n_train_total": ex.subset or 60000, "val_size": ex.val_size}
     train_idx, val_idx = split(budget["n_train_total"], ex.val_size, ex.seed)
     images = f"{len(train_idx)}/{len(val_idx)}/{n_test}"
