@@ -10,8 +10,11 @@ Data sets (train / val / test per class), each with a held-out test split:
   images per class from its train set, 10 validation images per class from the rest of it
   (100 for ``fm1000``), 100 test images per class from its test set (28 px grey);
 - ``photos``: RGB photos (8 of scikit-image's and scikit-learn's sample photos), one class
-  per photo: 32 px crops at random places and scales, the training and validation crops
-  from the photo's left 60%, the test crops from its right 40% (30 / 10 / 40 per class);
+  per photo: 32 px crops at random places and scales, the training crops from the photo's
+  left 60%, the validation and test crops from its right 40% (30 / 10 / 40 per class), so
+  that validation, like the test, measures parts of the scene that training never saw
+  (with validation crops from the training part, every epoch scored 100% on validation
+  and the best epoch was chosen at random);
 - ``digits``: scikit-learn's handwritten digits (8 px grey, not FashionMNIST), 30 / 10 /
   the rest per class.
 
@@ -133,7 +136,7 @@ def photos(size: int = 32) -> tuple[Split, Split, Split, list[str]]:
         names.append(name)
         _, h, w = img.shape
         cut = int(w * 0.6)
-        for split, (n, x0, x1) in enumerate(((30, 0, cut), (10, 0, cut), (40, cut, w))):
+        for split, (n, x0, x1) in enumerate(((30, 0, cut), (10, cut, w), (40, cut, w))):
             for _ in range(n):
                 side = int(torch.randint(min(h, x1 - x0) // 4, min(h, x1 - x0) // 2 + 1, (1,),
                                          generator=g))

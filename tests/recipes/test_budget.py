@@ -147,6 +147,18 @@ def test_a_short_default_run_is_not_augmented(n, augment):
     assert not [c for c in inputs.choices if c.name == "augment"]
 
 
+def test_the_shift_is_sized_from_the_stored_images_not_the_training_size():
+    # 8 px images trained at the budget's larger size: the shift (applied at 8 px, before
+    # resizing) is 1 px, an eighth of the image, not an eighth of the training size.
+    images, labels = _tensors(40, size=8)
+    inputs = build_inputs(_model(), (images, labels), None, batch_size=None, image_size=None,
+                          augment=None, seed=0)
+    assert inputs.image_size == 64 and inputs.train.augment.crop_padding == 1
+    inputs = build_inputs(_model(), (images, labels), None, batch_size=None, image_size=96,
+                          augment="standard", seed=0)
+    assert inputs.train.augment.crop_padding == 1 and inputs.train.augment.hflip == 0.5
+
+
 def test_the_length_defaults_from_the_data_or_from_steps():
     images, labels = _tensors(32)
     result = fine_tune(_model(), (images, labels), recipe="linear_probe", device="cpu",
