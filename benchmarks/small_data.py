@@ -19,15 +19,16 @@ Data sets (train / val / test per class), each with a held-out test split:
   the rest per class.
 
 Arms: ``default`` is ``fine_tune(model, (x, y), (vx, vy))`` with nothing else (today
-``lp_ft``: a probe at 1e-2, then head/body LR 1e-3/1e-4, the default length and the
-budget-aware image size). The sweep (``SWEEP_ARMS``, written as ``--arms`` takes them):
-``full`` and ``lp_ft`` at 1e-2/1e-3, the default recipe at twice the length, a linear
-probe, and the default recipe at 32 px (the former default size) and at 128 px; arms
-without a size train at the default's size. ``--all-arms`` adds the rest of ``SWEEP_ARMS``. Data
-sets of more than 5,000 images run the lean sweep (``LEAN``). Every arm starts from the
-same pretrained EfficientNet-Lite0 and uses the defaults for what it does not set (batch
-size, image size, augmentation). Test accuracy is measured once, with the weights fit
-ends with; with ``--seeds``, every arm runs once per seed and the table shows the mean.
+``lp_ft`` below 20 training images a class, ``full`` from there, each at its default LRs,
+the default length and the budget-aware image size). The sweep (``SWEEP_ARMS``, written
+as ``--arms`` takes them): ``lp_ft`` at 1e-3/1e-4 and at 1e-2/1e-3, ``full`` at twice
+the length, a linear probe, ``full`` at 32 px (the former default size) and at a tenth of
+its LRs; arms without a size train at the default's size. ``--all-arms`` adds the rest of
+``SWEEP_ARMS``. Data sets of more than 5,000 images run the lean sweep (``LEAN``). Every
+arm starts from the same pretrained EfficientNet-Lite0 and uses the defaults for what it
+does not set (batch size, image size, augmentation). Test accuracy is measured once, with
+the weights fit ends with; with ``--seeds``, every arm runs once per seed and the table
+shows the mean.
 The verdict per data set: the default's mean within 1 point of the best swept arm's, and
 at most 2x its training time.
 """
@@ -53,20 +54,20 @@ DATASETS = ("fm10", "digits", "fm30", "photos", "fm100", "fm1000")
 # The sweep, each arm written as --arms takes it ("RECIPE HEAD/BODY BUDGETx [SIZEpx]": the
 # length is BUDGET times the default's; without a size, the default's image size).
 SWEEP_ARMS = (
-    "full 1e-2/1e-3 1x",
+    "lp_ft 1e-3/1e-4 1x",  # the default under 20 images a class (all sizes until 2026-12-06)
     "lp_ft 1e-2/1e-3 1x",
-    "lp_ft 1e-3/1e-4 2x",
+    "full 1e-2/1e-3 2x",
     "linear_probe 1x",
-    "lp_ft 1e-3/1e-4 1x 32px",  # the default before the image size grew with the budget
-    "lp_ft 1e-3/1e-4 1x 128px",
-    # --all-arms adds these:
-    "lp_ft 1e-3/1e-4 1x 64px",
-    "full 1e-2/1e-3 0.5x",
-    "lp_ft 1e-2/1e-3 2x",
+    "full 1e-2/1e-3 1x 32px",  # the default before the image size grew with the budget
     "full 1e-3/1e-4 1x",
+    # --all-arms adds these:
+    "full 1e-2/1e-3 1x 128px",
+    "full 1e-2/1e-3 0.5x",
+    "lp_ft 1e-3/1e-4 2x",
+    "full 3e-3/3e-4 1x",
 )
 CORE = 6  # the first CORE arms run by default
-LEAN = ("full 1e-2/1e-3 1x", "full 1e-2/1e-3 0.5x", "linear_probe 1x")  # > 5,000 images
+LEAN = ("lp_ft 1e-3/1e-4 1x", "full 1e-2/1e-3 0.5x", "linear_probe 1x")  # > 5,000 images
 DEFAULT_ARM = ("default", None, None, None, None, None)  # fine_tune with no settings
 Split = tuple[torch.Tensor, torch.Tensor]
 

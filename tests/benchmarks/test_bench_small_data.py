@@ -24,10 +24,10 @@ def test_quick_run_prints_a_table_and_a_verdict(tmp_path):
                           timeout=600, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert proc.returncode == 0, proc.stderr[-2000:]
     verdict = json.loads(proc.stdout.strip().splitlines()[-1].removeprefix("RESULT "))
-    assert set(verdict) == {"digits"} and verdict["digits"]["best"] == "full 1e-2/1e-3 1x"
+    assert set(verdict) == {"digits"} and verdict["digits"]["best"] == "lp_ft 1e-3/1e-4 1x"
     result = json.loads(out.read_text())["datasets"]["digits"]
     rows, runs = result["rows"], result["runs"]
-    assert set(rows) == set(runs) == {"default", "full 1e-2/1e-3 1x"}
+    assert set(rows) == set(runs) == {"default", "lp_ft 1e-3/1e-4 1x"}
     assert all(r["epochs"] == 2 and 0 <= r["test_acc"] <= 1 for r in rows.values())
     for arm, row in rows.items():  # each arm's row is the mean of its two seeds' runs
         accs = sorted(r["test_acc"] for r in runs[arm])

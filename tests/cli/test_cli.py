@@ -28,7 +28,7 @@ from transferkit.backbones.model_file import load_model, save_model
 from transferkit.backbones.registry import create, register_backbone, unregister_backbone
 from transferkit.cli import main
 from transferkit.errors import ConfigError
-from transferkit.recipes import DEFAULT_RECIPE, default_image_size
+from transferkit.recipes import default_image_size
 from transferkit.recipes.budget import default_passes
 
 TINY = "tktest:clitiny"
@@ -477,7 +477,7 @@ def test_defaults_are_chosen_from_the_data_and_said(capsys, tmp_path) -> None:
     # images (the default length's image passes, whatever --epochs says).
     pretrained = get_info(create(TINY, 2, in_chans=1, pretrained=False)).input_size
     size = default_image_size((32, 32), pretrained, passes=default_passes(12))
-    for line in (f"chose recipe {DEFAULT_RECIPE}: the default",
+    for line in ("chose recipe lp_ft: 12 training images, 6 a class (under 20)",
                  "chose in_chans 1: every one of 26 surveyed images is grey",
                  "chose stored_size 32: median image 20x20: rounded up to a multiple of 32",
                  f"chose image_size {size}: the images are 32x32; {default_passes(12)} image "

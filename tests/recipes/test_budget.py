@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import logging
 
 import pytest
@@ -13,12 +14,14 @@ from transferkit.errors import ConfigError, DataError
 from transferkit.recipes import (
     DEFAULT_RECIPE,
     RECIPES,
+    Choice,
     default_batch_size,
     default_epochs,
     default_image_size,
+    default_recipe,
     fine_tune,
 )
-from transferkit.recipes.budget import PIXEL_BUDGET, default_passes
+from transferkit.recipes.budget import LP_FT_BELOW_PER_CLASS, PIXEL_BUDGET, default_passes
 from transferkit.recipes.inputs import AUGMENT_MIN_EPOCHS, build_inputs, num_samples
 
 
@@ -177,10 +180,33 @@ def test_lr_alone_moves_the_body_at_the_recipes_ratio():
     assert [s.name for s in result.settings if s.name.endswith("lr")] == ["body_lr"]
 
 
-def test_the_default_recipe_is_the_measured_one():
-    import inspect
+def test_the_default_recipe_follows_the_images_a_class():
+    # lp_ft below LP_FT_BELOW_PER_CLASS (20) images a class, full from there; a loader that
+    # cannot say its size gets the fallback.
+    assert LP_FT_BELOW_PER_CLASS == 20
+    assert [default_recipe(n, 10, "full").value for n in (10, 199, 200, 5000)] == [
+        "lp_ft", "lp_ft", "full", "full"]
+    assert default_recipe(200, 10, "full").why == ("200 training images, 20 a class (at least "
+                                                   "20): everything trains")
+    assert default_recipe(None, 10, "full") == Choice(
+        "recipe", "full", "the default (the number of training images is not known)")
+    with pytest.raises(ConfigError, match="num_classes"):
+        default_recipe(10, 0, "full")
 
-    assert inspect.signature(fine_tune).parameters["recipe"].default == DEFAULT_RECIPE == "lp_ft"
+
+@pytest.mark.parametrize(("n", "recipe", "phases"), [(12, "lp_ft", {"probe", "finetune"}),
+                                                      (40, "full", {"finetune"})])
+def test_fine_tune_without_a_recipe_takes_the_data_s(n, recipe, phases, caplog):
+    # 2 classes: 12 images are 6 a class (lp_ft), 40 are 20 a class (full).
+    model = _model(classes=2)
+    with caplog.at_level(logging.INFO, logger="transferkit"):
+        result = fine_tune(model, _tensors(n, classes=2), _tensors(8, classes=2, seed=1),
+                           epochs=2, device="cpu")
+    assert result.recipe == recipe and {r["phase"] for r in result.history} == phases
+    assert result.settings[0] == default_recipe(n, 2, DEFAULT_RECIPE)
+    assert f"chose recipe {recipe}: {n} training images" in caplog.text
+    assert inspect.signature(fine_tune).parameters["recipe"].default is None
+    assert DEFAULT_RECIPE == "full"
 
 
 def test_channels_last_is_chosen_for_a_conv_model_on_the_cpu():

@@ -31,7 +31,7 @@ from transferkit._version import __version__
 from transferkit.cli import catalog, config, export, predict, train
 from transferkit.data.augment import AUGMENT_PRESETS
 from transferkit.errors import TransferKitError
-from transferkit.recipes.table import DEFAULT_RECIPE
+from transferkit.recipes.budget import LP_FT_BELOW_PER_CLASS
 from transferkit.train.ema import check_ema
 from transferkit.train.tta import TTA_MODES
 
@@ -126,7 +126,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="backbone name (transferkit backbones; required)")
     p.add_argument("--out", default=None, help="output folder (created if needed; required)")
     p.add_argument("--recipe", default=None,
-                   help=f"fine-tuning recipe (default: {DEFAULT_RECIPE})")
+                   help=f"fine-tuning recipe (default: from the data, lp_ft below "
+                        f"{LP_FT_BELOW_PER_CLASS} training images a class, else full)")
     length = p.add_mutually_exclusive_group()
     length.add_argument("--epochs", type=_positive_int, default=None,
                         help="epochs (default: from the number of images)")

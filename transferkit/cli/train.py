@@ -35,7 +35,7 @@ from transferkit.data import (
     stratified_val_mask,
 )
 from transferkit.errors import ConfigError, DataError
-from transferkit.recipes import DEFAULT_RECIPE, Choice, check_recipe, fine_tune, image_size_choice
+from transferkit.recipes import Choice, check_recipe, fine_tune, image_size_choice
 from transferkit.report import plot_lr_find, write_multilabel_run_report, write_run_report
 from transferkit.train import LRFindResult, TensorBoardLogger
 from transferkit.train.multilabel_metrics import per_class_scores
@@ -136,9 +136,10 @@ def _subset(pair: tuple[Any, Any] | None, n: int | None, seed: int) -> tuple[Any
     return pair[0][keep], pair[1][keep]
 
 
-def _check_args(args: argparse.Namespace) -> tuple[str, bool | str, Path]:
-    """Check everything that needs no data; return the recipe, the weights and --out."""
-    recipe = check_recipe(args.recipe or DEFAULT_RECIPE).name
+def _check_args(args: argparse.Namespace) -> tuple[str | None, bool | str, Path]:
+    """Check everything that needs no data; return the recipe (None: fine_tune chooses it
+    from the data), the weights and --out."""
+    recipe = check_recipe(args.recipe).name if args.recipe is not None else None
     backbone_spec(args.backbone)
     weights: bool | str = {"imagenet": True, "none": False}.get(args.weights, args.weights)
     if isinstance(weights, str) and not Path(weights).is_file():
@@ -188,9 +189,6 @@ def cmd_train(args: argparse.Namespace) -> int:
     recipe, weights, out = _check_args(args)
     loggers = [TensorBoardLogger(args.tensorboard)] if args.tensorboard else []
     choices: list[Choice] = []
-    if args.recipe is None:
-        choices.append(Choice("recipe", recipe, "the default (never failed across data sizes in "
-                                                "benchmarks/small_data.py, docs/recipes.md)"))
     data = _fashion(args, choices) if args.data == FASHION_MNIST else _folder(args, choices)
     train = _subset(data.train, args.subset, args.seed)
     val = _subset(data.val, args.subset, args.seed + 1)
@@ -215,6 +213,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     if result.lr_find is not None:
         result.notes.append(_write_lr_find(out, result.lr_find))
     settings = choices + result.settings
+    recipe = result.recipe
     size = result.image_size  # what it trained at: the test split and predict use it too
     info = get_info(model)
     split, pair = ("test", data.test) if data.test is not None else ("val", val)

@@ -22,6 +22,7 @@ from transferkit.recipes.budget import (
     default_batch_size,
     default_epochs,
     default_image_size,
+    default_recipe,
     image_size_choice,
 )
 from transferkit.recipes.cache import (
@@ -71,6 +72,7 @@ __all__ = [
     "default_batch_size",
     "default_epochs",
     "default_image_size",
+    "default_recipe",
     "image_size_choice",
     "extract_features",
     "extraction_batch_size",

@@ -5,6 +5,10 @@ report each choice with its reason (:class:`Choice`). The rules are measured, no
 ``benchmarks/small_data.py`` runs them against a sweep of recipe x LR x budget on small
 data sets built offline, and ``docs/recipes.md`` holds its table.
 
+- **Recipe**: ``lp_ft`` (a linear probe, then everything at head/body LR 1e-3/1e-4) below
+  :data:`LP_FT_BELOW_PER_CLASS` training images a class, ``full`` (everything, 1e-2/1e-3)
+  from there: at 10 images a class ``full`` was 1.8 points behind ``lp_ft``, at 30 a class
+  it was 2 to 6 points ahead (two seeds, docs/recipes.md).
 - **Batch size**: about ``N / 16`` images (a power of two, 16..256), so a small data set
   still gets some optimizer steps per epoch and a large one uses the CPU's cores well.
 - **Length**: ``round(1000 / sqrt(N))`` epochs, within 3..60: small data sets need many
@@ -31,6 +35,7 @@ from typing import Any
 from transferkit import _validate
 
 __all__ = [
+    "LP_FT_BELOW_PER_CLASS",
     "PIXEL_BUDGET",
     "MAX_BATCH",
     "MAX_EPOCHS",
@@ -41,9 +46,13 @@ __all__ = [
     "default_epochs",
     "default_image_size",
     "default_passes",
+    "default_recipe",
     "image_size_choice",
 ]
 
+#: Fewer training images a class than this: the default recipe is ``lp_ft``, else ``full``
+#: (measured at 10 and 30 a class: docs/recipes.md, benchmarks/small_data.py).
+LP_FT_BELOW_PER_CLASS = 20
 MIN_BATCH, MAX_BATCH = 16, 256
 MIN_EPOCHS, MAX_EPOCHS = 3, 60
 _EPOCH_SCALE = 1000.0  # epochs = _EPOCH_SCALE / sqrt(N), clipped (measured: docs/recipes.md)
@@ -94,6 +103,32 @@ def default_epochs(num_samples: int) -> int:
     """
     n = _validate.positive_int("num_samples", num_samples)
     return int(min(MAX_EPOCHS, max(MIN_EPOCHS, round(_EPOCH_SCALE / math.sqrt(n)))))
+
+
+def default_recipe(num_samples: int | None, num_classes: int, fallback: str) -> Choice:
+    """Return the default recipe for ``num_samples`` training images of ``num_classes``.
+
+    ``lp_ft`` below :data:`LP_FT_BELOW_PER_CLASS` images a class (the body, fine-tuned at
+    1e-3/1e-4 after a probe, moves little), ``full`` from there; ``fallback`` where the
+    number of images is not known (a loader without a length).
+
+    Example:
+        >>> default_recipe(100, 10, "full").value, default_recipe(300, 10, "full").value
+        ('lp_ft', 'full')
+        >>> default_recipe(100, 10, "full").why
+        '100 training images, 10 a class (under 20): a probe, then the body at a low LR'
+    """
+    if num_samples is None:
+        return Choice("recipe", fallback, "the default (the number of training images is not "
+                                          "known)")
+    n = _validate.positive_int("num_samples", num_samples)
+    per_class = n / _validate.positive_int("num_classes", num_classes)
+    if per_class < LP_FT_BELOW_PER_CLASS:
+        return Choice("recipe", "lp_ft", f"{n} training images, {per_class:.3g} a class (under "
+                                         f"{LP_FT_BELOW_PER_CLASS}): a probe, then the body at "
+                                         "a low LR")
+    return Choice("recipe", "full", f"{n} training images, {per_class:.3g} a class (at least "
+                                    f"{LP_FT_BELOW_PER_CLASS}): everything trains")
 
 
 def default_passes(num_samples: int) -> int:

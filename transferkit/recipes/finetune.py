@@ -1,4 +1,4 @@
-"""Fine-tuning recipes behind one call: ``fine_tune(model, train, val, recipe="lp_ft")``.
+"""Fine-tuning recipes behind one call: ``fine_tune(model, train, val, recipe="full")``.
 
 Each recipe is a short composition of the lower layers: a freezing policy
 (:mod:`transferkit.adaptation.freezing`), the Trainer's default optimizer and schedule (with the
@@ -29,7 +29,7 @@ from transferkit.adaptation.core import get_info, unwrap
 from transferkit.adaptation.freezing import BN_MODES, freeze, freeze_state, load_freeze_state
 from transferkit.data.pipeline import TensorLoader
 from transferkit.errors import ConfigError
-from transferkit.recipes.budget import Choice, default_epochs
+from transferkit.recipes.budget import Choice, default_epochs, default_recipe
 from transferkit.recipes.cache import (
     cache_inputs,
     is_conv_model,
@@ -379,7 +379,7 @@ def fine_tune(
     train: Iterable[Any],
     val: Iterable[Any] | None = None,
     *,
-    recipe: str = DEFAULT_RECIPE,
+    recipe: str | None = None,
     epochs: int | None = None,
     steps: int | None = None,
     lr: float | str | None = None,
@@ -422,7 +422,10 @@ def fine_tune(
             resizes, normalises (with the model's statistics) and augments.
         val: Validation batches, evaluated after every epoch: a loader, or tensors when
             ``train`` is tensors.
-        recipe: The recipe's name (default :data:`~transferkit.recipes.table.DEFAULT_RECIPE`).
+        recipe: The recipe's name; default from the data
+            (:func:`~transferkit.recipes.budget.default_recipe`: ``lp_ft`` below 20
+            training images a class, ``full`` from there; for a loader that cannot say its
+            size, :data:`~transferkit.recipes.table.DEFAULT_RECIPE`).
         epochs: Total epochs, all phases together (``lp_ft`` needs at least 2); default
             from the number of training images (``default_epochs``).
         steps: The length as optimizer steps instead, rounded up to whole epochs (needs
@@ -501,11 +504,17 @@ def fine_tune(
         ['finetune']
     """
     start = time.perf_counter()
-    spec = check_recipe(recipe)
+    if recipe is not None:
+        check_recipe(recipe)  # an unknown name fails before the data is read
     inputs = build_inputs(model, train, val, batch_size=batch_size, image_size=image_size,
                           augment=augment, seed=seed, cached=bool(freeze_stages),
                           balanced=balanced, device=select_device(device).type)
     train, val, settings = inputs.train, inputs.val, inputs.choices
+    if recipe is None:
+        settings.insert(0, default_recipe(num_samples(train), get_info(model).num_classes,
+                                          DEFAULT_RECIPE))
+        recipe = settings[0].value
+    spec = check_recipe(recipe)
     epochs = _length(train, epochs, steps, settings)
     lr_ = check_lr(lr, body_lr)
     body_lr_ = (None if body_lr is None

@@ -33,7 +33,7 @@ class Recipe:
     caches_stages: bool = True
 
 
-DEFAULT_RECIPE = "lp_ft"  # never failed across data sizes (docs/recipes.md, small data)
+DEFAULT_RECIPE = "full"  # where the data cannot say its size (else budget.default_recipe)
 PROBE_LR = 1e-2  # head LR of a linear probe (also the probe phase of lp_ft)
 L2SP_ALPHA = 0.01  # alpha of recipe "l2sp" when fine_tune(l2sp=0)
 LAYER_DECAY = 0.7  # per-stage LR multiplier of recipe "llrd", counted back from the head
