@@ -24,10 +24,10 @@ def test_quick_run_prints_a_table_and_a_verdict(tmp_path):
                           timeout=600, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert proc.returncode == 0, proc.stderr[-2000:]
     verdict = json.loads(proc.stdout.strip().splitlines()[-1].removeprefix("RESULT "))
-    assert set(verdict) == {"digits"} and verdict["digits"]["best"] == "lp_ft 1e-3/1e-4 1x"
+    assert set(verdict) == {"digits"} and verdict["digits"]["best"] == "full 1e-2/1e-3 1x"
     result = json.loads(out.read_text())["datasets"]["digits"]
     rows, runs = result["rows"], result["runs"]
-    assert set(rows) == set(runs) == {"default", "lp_ft 1e-3/1e-4 1x"}
+    assert set(rows) == set(runs) == {"default", "full 1e-2/1e-3 1x"}
     assert all(r["epochs"] == 2 and 0 <= r["test_acc"] <= 1 for r in rows.values())
     for arm, row in rows.items():  # each arm's row is the mean of its two seeds' runs
         accs = sorted(r["test_acc"] for r in runs[arm])
@@ -109,3 +109,29 @@ def test_arms_are_read_with_an_optional_image_size():
     assert small_data.parse_arm("linear_probe 1x")[1:] == ("linear_probe", 1e-2, None, 1.0, None)
     with pytest.raises(SystemExit, match="cannot read the size of 'full 1e-2/1e-3 1x bigpx'"):
         small_data.parse_arm("full 1e-2/1e-3 1x bigpx")
+
+
+def _small_data():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import small_data
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    return small_data
+
+
+@pytest.mark.parametrize(("default", "best", "met", "gap", "ratio"), [
+    ((0.90, 100.0), (0.895, 100.0), True, -0.5, 1.0),   # ahead, same time
+    ((0.90, 300.0), (0.895, 100.0), True, -0.5, 3.0),   # ahead: its time is not held against it
+    ((0.90, 150.0), (0.905, 100.0), True, 0.5, 1.5),    # within a point, within 2x
+    ((0.90, 250.0), (0.905, 100.0), False, 0.5, 2.5),   # within a point, but over 2x
+    ((0.90, 100.0), (0.92, 100.0), False, 2.0, 1.0),    # 2 points behind
+    ((0.90, 250.0), (0.90, 100.0), False, 0.0, 2.5),    # a tie at 2.5x the time
+])
+def test_the_verdict_holds_the_default_to_the_best_swept_arm(default, best, met, gap, ratio):
+    rows = {"default": {"test_acc": default[0], "seconds": default[1]},
+            "linear_probe 1x": {"test_acc": 0.5, "seconds": 1.0},
+            "full 1e-2/1e-3 2x": {"test_acc": best[0], "seconds": best[1]}}
+    v = _small_data().verdict(rows)
+    assert v == {"best": "full 1e-2/1e-3 2x", "best_acc": best[0], "default_acc": default[0],
+                 "gap_points": gap, "time_ratio": ratio, "met": met}
