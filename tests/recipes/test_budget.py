@@ -271,3 +271,12 @@ def test_the_history_has_a_body_lr_only_where_the_body_trains():
     assert probe and tuned
     assert all("body_lr" not in r for r in probe)  # the probe's body is frozen
     assert all(r["body_lr"] == pytest.approx(r["lr"] * 0.1) for r in tuned)
+
+
+def test_resume_names_the_recipe_it_chose_when_that_cannot_resume(tmp_path):
+    # 12 images of 2 classes: lp_ft is chosen, and a two-phase run cannot resume.
+    with pytest.raises(ConfigError, match=r"not 'lp_ft' \(chose recipe lp_ft: 12 training "
+                                          r"images, 6 a class \(under 20\)"):
+        fine_tune(_model(classes=2), _tensors(12, classes=2), epochs=2, device="cpu",
+                  resume=True, out_dir=tmp_path / "run")
+    assert not (tmp_path / "run").exists()

@@ -552,8 +552,9 @@ def fine_tune(
                 "loader without augment=, or freeze_stages=0.")
     _validate.flag("resume", resume)
     if resume and (out_dir is None or spec.name == "lp_ft"):
+        chosen = [f" (chose {c})" for c in settings if c.name == "recipe"]
         raise ConfigError("resume=True needs out_dir= (it continues out_dir/<phase>/last.pt) and "
-                          "a one-phase recipe (not 'lp_ft').")
+                          f"a one-phase recipe (not 'lp_ft'{''.join(chosen)}).")
     if resume and lr_ == FIND:
         raise ConfigError(f"resume=True with lr={FIND!r} would sweep again; pass the LR the run "
                           "found (in its result.settings, or the CLI's OUT/config.toml).")
