@@ -7,7 +7,7 @@ data sets built offline, and ``docs/recipes.md`` holds its table.
 
 - **Recipe**: ``lp_ft`` (a linear probe, then everything at head/body LR 1e-3/1e-4) below
   :data:`LP_FT_BELOW_PER_CLASS` training images a class, ``full`` (everything, 1e-2/1e-3)
-  from there: at 10 images a class ``full`` was 1.8 points behind ``lp_ft``, at 30 a class
+  from there: at 10 images a class ``full`` was 1.7 points behind ``lp_ft``, at 30 a class
   it was 2 to 6 points ahead (two seeds, docs/recipes.md).
 - **Batch size**: about ``N / 16`` images (a power of two, 16..256), so a small data set
   still gets some optimizer steps per epoch and a large one uses the CPU's cores well.
