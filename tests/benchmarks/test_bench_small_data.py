@@ -96,21 +96,6 @@ def test_write_folder_writes_the_split_folder_train_reads(tmp_path):
                                                                          range(10)]
 
 
-def test_arms_are_read_with_an_optional_image_size():
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    try:
-        import small_data
-    finally:
-        sys.path.remove(str(ROOT / "benchmarks"))
-    assert small_data.parse_arm("full 1e-2/1e-3 1x 96px") == (
-        "full 1e-2/1e-3 1x 96px", "full", 1e-2, 1e-3, 1.0, 96)
-    assert small_data.parse_arm("lp_ft 3e-3/3e-4 2x") == (
-        "lp_ft 3e-3/3e-4 2x", "lp_ft", 3e-3, 3e-4, 2.0, None)
-    assert small_data.parse_arm("linear_probe 1x")[1:] == ("linear_probe", 1e-2, None, 1.0, None)
-    with pytest.raises(SystemExit, match="cannot read the size of 'full 1e-2/1e-3 1x bigpx'"):
-        small_data.parse_arm("full 1e-2/1e-3 1x bigpx")
-
-
 def _small_data():
     sys.path.insert(0, str(ROOT / "benchmarks"))
     try:
@@ -118,6 +103,17 @@ def _small_data():
     finally:
         sys.path.remove(str(ROOT / "benchmarks"))
     return small_data
+
+
+def test_arms_are_read_with_an_optional_image_size():
+    small_data = _small_data()
+    assert small_data.parse_arm("full 1e-2/1e-3 1x 96px") == (
+        "full 1e-2/1e-3 1x 96px", "full", 1e-2, 1e-3, 1.0, 96)
+    assert small_data.parse_arm("lp_ft 3e-3/3e-4 2x") == (
+        "lp_ft 3e-3/3e-4 2x", "lp_ft", 3e-3, 3e-4, 2.0, None)
+    assert small_data.parse_arm("linear_probe 1x")[1:] == ("linear_probe", 1e-2, None, 1.0, None)
+    with pytest.raises(SystemExit, match="cannot read the size of 'full 1e-2/1e-3 1x bigpx'"):
+        small_data.parse_arm("full 1e-2/1e-3 1x bigpx")
 
 
 @pytest.mark.parametrize(("default", "best", "met", "gap", "ratio"), [

@@ -182,16 +182,16 @@ def test_lr_alone_moves_the_body_at_the_recipes_ratio():
 
 def test_the_default_recipe_follows_the_images_a_class():
     # lp_ft below LP_FT_BELOW_PER_CLASS (20) images a class, full from there; a loader that
-    # cannot say its size gets the fallback.
+    # cannot say its size gets DEFAULT_RECIPE.
     assert LP_FT_BELOW_PER_CLASS == 20
-    assert [default_recipe(n, 10, "full").value for n in (10, 199, 200, 5000)] == [
+    assert [default_recipe(n, 10).value for n in (10, 199, 200, 5000)] == [
         "lp_ft", "lp_ft", "full", "full"]
-    assert default_recipe(200, 10, "full").why == ("200 training images, 20 a class (at least "
+    assert default_recipe(200, 10).why == ("200 training images, 20 a class (at least "
                                                    "20): everything trains")
-    assert default_recipe(None, 10, "full") == Choice(
+    assert default_recipe(None, 10) == Choice(
         "recipe", "full", "the default (the number of training images is not known)")
     with pytest.raises(ConfigError, match="num_classes"):
-        default_recipe(10, 0, "full")
+        default_recipe(10, 0)
 
 
 @pytest.mark.parametrize(("n", "recipe", "phases"), [(12, "lp_ft", {"probe", "finetune"}),
@@ -203,7 +203,7 @@ def test_fine_tune_without_a_recipe_takes_the_data_s(n, recipe, phases, caplog):
         result = fine_tune(model, _tensors(n, classes=2), _tensors(8, classes=2, seed=1),
                            epochs=2, device="cpu")
     assert result.recipe == recipe and {r["phase"] for r in result.history} == phases
-    assert result.settings[0] == default_recipe(n, 2, DEFAULT_RECIPE)
+    assert result.settings[0] == default_recipe(n, 2)
     assert f"chose recipe {recipe}: {n} training images" in caplog.text
     assert inspect.signature(fine_tune).parameters["recipe"].default is None
     assert DEFAULT_RECIPE == "full"

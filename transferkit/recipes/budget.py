@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from transferkit import _validate
+from transferkit.recipes.table import DEFAULT_RECIPE
 
 __all__ = [
     "LP_FT_BELOW_PER_CLASS",
@@ -105,22 +106,23 @@ def default_epochs(num_samples: int) -> int:
     return int(min(MAX_EPOCHS, max(MIN_EPOCHS, round(_EPOCH_SCALE / math.sqrt(n)))))
 
 
-def default_recipe(num_samples: int | None, num_classes: int, fallback: str) -> Choice:
+def default_recipe(num_samples: int | None, num_classes: int) -> Choice:
     """Return the default recipe for ``num_samples`` training images of ``num_classes``.
 
     ``lp_ft`` below :data:`LP_FT_BELOW_PER_CLASS` images a class (the body, fine-tuned at
-    1e-3/1e-4 after a probe, moves little), ``full`` from there; ``fallback`` where the
-    number of images is not known (a loader without a length).
+    1e-3/1e-4 after a probe, moves little), ``full`` from there;
+    :data:`~transferkit.recipes.table.DEFAULT_RECIPE` where the number of images is not
+    known (a loader without a length).
 
     Example:
-        >>> default_recipe(100, 10, "full").value, default_recipe(300, 10, "full").value
+        >>> default_recipe(100, 10).value, default_recipe(300, 10).value
         ('lp_ft', 'full')
-        >>> default_recipe(100, 10, "full").why
+        >>> default_recipe(100, 10).why
         '100 training images, 10 a class (under 20): a probe, then the body at a low LR'
     """
     if num_samples is None:
-        return Choice("recipe", fallback, "the default (the number of training images is not "
-                                          "known)")
+        return Choice("recipe", DEFAULT_RECIPE, "the default (the number of training images is "
+                                                "not known)")
     n = _validate.positive_int("num_samples", num_samples)
     per_class = n / _validate.positive_int("num_classes", num_classes)
     if per_class < LP_FT_BELOW_PER_CLASS:

@@ -42,7 +42,6 @@ from transferkit.recipes.inputs import build_inputs, num_samples
 from transferkit.recipes.l2sp import L2SP
 from transferkit.recipes.lr_search import FIND, check_lr, find_phase_lr
 from transferkit.recipes.table import (
-    DEFAULT_RECIPE,
     L2SP_ALPHA,
     LAYER_DECAY,
     PROBE_LR,
@@ -504,17 +503,15 @@ def fine_tune(
         ['finetune']
     """
     start = time.perf_counter()
-    if recipe is not None:
-        check_recipe(recipe)  # an unknown name fails before the data is read
+    # An unknown name fails before the data is read; no name: chosen from the data below.
+    spec = check_recipe(recipe) if recipe is not None else None
     inputs = build_inputs(model, train, val, batch_size=batch_size, image_size=image_size,
                           augment=augment, seed=seed, cached=bool(freeze_stages),
                           balanced=balanced, device=select_device(device).type)
     train, val, settings = inputs.train, inputs.val, inputs.choices
-    if recipe is None:
-        settings.insert(0, default_recipe(num_samples(train), get_info(model).num_classes,
-                                          DEFAULT_RECIPE))
-        recipe = settings[0].value
-    spec = check_recipe(recipe)
+    if spec is None:
+        settings.insert(0, default_recipe(num_samples(train), get_info(model).num_classes))
+        spec = check_recipe(settings[0].value)
     epochs = _length(train, epochs, steps, settings)
     lr_ = check_lr(lr, body_lr)
     body_lr_ = (None if body_lr is None

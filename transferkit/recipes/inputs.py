@@ -165,10 +165,10 @@ def build_inputs(
         augment = "none"
         choices.append(Choice("augment", augment, "freeze_stages caches the frozen stages' "
                               "output once, from the images as they are"))
-    elif augment is None and default_epochs(n) < AUGMENT_MIN_EPOCHS:
+    elif augment is None and (short := default_epochs(n)) < AUGMENT_MIN_EPOCHS:
         augment = "none"
         choices.append(Choice("augment", augment, f"{n} training images: a default run of "
-                              f"{default_epochs(n)} epochs (under {AUGMENT_MIN_EPOCHS}) "
+                              f"{short} epochs (under {AUGMENT_MIN_EPOCHS}) "
                               "underfits, and augmentation measured worse there"))
     elif augment is None:
         augment = DEFAULT_AUGMENT
