@@ -5,6 +5,8 @@ from __future__ import annotations
 import doctest
 import importlib
 import pkgutil
+import tempfile
+from pathlib import Path
 
 import pytest
 
@@ -36,8 +38,12 @@ def test_the_package_has_docstring_examples() -> None:
 
 
 @pytest.mark.parametrize("test", [t for _, t in EXAMPLES], ids=[n for n, _ in EXAMPLES])
-def test_docstring_example(test: doctest.DocTest, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_docstring_example(
+    test: doctest.DocTest, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     monkeypatch.setenv("TRANSFERKIT_OFFLINE", "1")  # an example never downloads
+    # examples write to tempfile.mkdtemp(): keep those folders inside pytest's own, which it prunes
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     runner = doctest.DocTestRunner(optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
     out: list[str] = []
     result = runner.run(test, out=out.append)
