@@ -19,7 +19,8 @@ Data sets (train / val / test per class), each with a held-out test split:
   the rest per class.
 
 Arms: ``default`` is ``fine_tune(model, (x, y), (vx, vy))`` with nothing else (today
-``lp_ft`` below 20 training images a class, ``full`` from there, each at its default LRs,
+``lp_ft`` below 20 training images a class, ``full`` from there, ``lp_ft`` at 1e-2/1e-3 from
+100 a class, each at the rule's LRs,
 the default length and the budget-aware image size). The sweep (``SWEEP_ARMS``, written
 as ``--arms`` takes them): ``full`` at 1e-2/1e-3 and ``lp_ft`` at 1e-3/1e-4 (the two
 defaults: one of them repeats the default's run), ``lp_ft`` at 1e-2/1e-3, a linear
@@ -55,9 +56,9 @@ DATASETS = ("fm10", "digits", "fm30", "photos", "fm100", "fm1000")
 # The sweep, each arm written as --arms takes it ("RECIPE HEAD/BODY BUDGETx [SIZEpx]": the
 # length is BUDGET times the default's; without a size, the default's image size).
 SWEEP_ARMS = (
-    "full 1e-2/1e-3 1x",  # the default from 20 training images a class
+    "full 1e-2/1e-3 1x",  # the default from 20 to 100 training images a class
     "lp_ft 1e-3/1e-4 1x",  # the default below 20 a class (at every size until 2026-12-06)
-    "lp_ft 1e-2/1e-3 1x",
+    "lp_ft 1e-2/1e-3 1x",  # the default from 100 a class (since 2026-12-06 evening)
     "linear_probe 1x",
     "lp_ft 1e-3/1e-4 2x",
     "lp_ft 1e-3/1e-4 1x 32px",  # the images' own size: the default before the budget
@@ -68,7 +69,8 @@ SWEEP_ARMS = (
     "full 1e-2/1e-3 0.5x",
 )
 CORE = 6  # the first CORE arms run by default
-LEAN = ("full 1e-2/1e-3 1x", "lp_ft 1e-3/1e-4 1x", "linear_probe 1x")  # > 5,000 images
+LEAN = ("full 1e-2/1e-3 1x", "lp_ft 1e-3/1e-4 1x", "lp_ft 1e-2/1e-3 1x",  # > 5,000 images
+        "linear_probe 1x")
 DEFAULT_ARM = ("default", None, None, None, None, None)  # fine_tune with no settings
 Split = tuple[torch.Tensor, torch.Tensor]
 

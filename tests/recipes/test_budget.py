@@ -21,7 +21,13 @@ from transferkit.recipes import (
     default_recipe,
     fine_tune,
 )
-from transferkit.recipes.budget import LP_FT_BELOW_PER_CLASS, PIXEL_BUDGET, default_passes
+from transferkit.recipes.budget import (
+    LP_FT_BELOW_PER_CLASS,
+    LP_FT_FAST_FROM_PER_CLASS,
+    PIXEL_BUDGET,
+    default_passes,
+    default_recipe_lr,
+)
 from transferkit.recipes.inputs import AUGMENT_MIN_EPOCHS, build_inputs, num_samples
 
 
@@ -181,30 +187,49 @@ def test_lr_alone_moves_the_body_at_the_recipes_ratio():
 
 
 def test_the_default_recipe_follows_the_images_a_class():
-    # lp_ft below LP_FT_BELOW_PER_CLASS (20) images a class, full from there; a loader that
-    # cannot say its size gets DEFAULT_RECIPE.
-    assert LP_FT_BELOW_PER_CLASS == 20
-    assert [default_recipe(n, 10).value for n in (10, 199, 200, 5000)] == [
-        "lp_ft", "lp_ft", "full", "full"]
-    assert default_recipe(200, 10).why == ("200 training images, 20 a class (at least "
-                                                   "20): everything trains")
+    # lp_ft below LP_FT_BELOW_PER_CLASS (20) images a class, full from there, lp_ft at
+    # 1e-2/1e-3 from LP_FT_FAST_FROM_PER_CLASS (100); a loader that cannot say its size gets
+    # DEFAULT_RECIPE.
+    assert (LP_FT_BELOW_PER_CLASS, LP_FT_FAST_FROM_PER_CLASS) == (20, 100)
+    assert [default_recipe(n, 10).value for n in (10, 199, 200, 999, 1000, 5000)] == [
+        "lp_ft", "lp_ft", "full", "full", "lp_ft", "lp_ft"]
+    assert [default_recipe_lr(n, 10) for n in (None, 10, 200, 999)] == [None] * 4
+    assert [default_recipe_lr(n, 10).value for n in (1000, 5000)] == [1e-2, 1e-2]
+    assert default_recipe(200, 10).why == ("200 training images, 20 a class (20 to 100): "
+                                           "everything trains")
+    assert default_recipe(1000, 10).why == (
+        "1000 training images, 100 a class (at least 100): a probe, then everything at "
+        "full's LRs, in about half its time")
     assert default_recipe(None, 10) == Choice(
         "recipe", "full", "the default (the number of training images is not known)")
     with pytest.raises(ConfigError, match="num_classes"):
         default_recipe(10, 0)
+    with pytest.raises(ConfigError, match="num_classes"):
+        default_recipe_lr(10, 0)
 
 
-@pytest.mark.parametrize(("n", "recipe", "phases"), [(12, "lp_ft", {"probe", "finetune"}),
-                                                      (40, "full", {"finetune"})])
-def test_fine_tune_without_a_recipe_takes_the_data_s(n, recipe, phases, caplog):
-    # 2 classes: 12 images are 6 a class (lp_ft), 40 are 20 a class (full).
+@pytest.mark.parametrize(("n", "recipe", "phases", "lrs"), [
+    (12, "lp_ft", {"probe", "finetune"}, (1e-3, 1e-4)),
+    (40, "full", {"finetune"}, (1e-2, 1e-3)),
+    (200, "lp_ft", {"probe", "finetune"}, (1e-2, 1e-3)),
+])
+def test_fine_tune_without_a_recipe_takes_the_data_s(n, recipe, phases, lrs, caplog):
+    # 2 classes: 12 images are 6 a class (lp_ft), 40 are 20 a class (full), 200 are 100 a
+    # class (lp_ft at full's LRs). The fine-tuning phase's first epoch logs its LRs.
     model = _model(classes=2)
     with caplog.at_level(logging.INFO, logger="transferkit"):
         result = fine_tune(model, _tensors(n, classes=2), _tensors(8, classes=2, seed=1),
-                           epochs=2, device="cpu")
+                           epochs=6, device="cpu", warmup=0.0)
     assert result.recipe == recipe and {r["phase"] for r in result.history} == phases
     assert result.settings[0] == default_recipe(n, 2)
     assert f"chose recipe {recipe}: {n} training images" in caplog.text
+    chosen = {s.name: s for s in result.settings}
+    assert (chosen["lr"].value, chosen["body_lr"].value) == pytest.approx(lrs)
+    # what trained: the first epoch logs the head and body LR after its cosine decay
+    first = next(r for r in result.history if r["phase"] == "finetune")
+    assert lrs[0] / 2 < first["lr"] <= lrs[0] and first["lr"] / first["body_lr"] == 10
+    lr_line = chosen["lr"]
+    assert (lr_line == default_recipe_lr(n, 2)) == (n == 200)  # the tier's line, not the recipe's
     assert inspect.signature(fine_tune).parameters["recipe"].default is None
     assert DEFAULT_RECIPE == "full"
 

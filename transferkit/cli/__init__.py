@@ -31,7 +31,7 @@ from transferkit._version import __version__
 from transferkit.cli import catalog, config, export, predict, train
 from transferkit.data.augment import AUGMENT_PRESETS
 from transferkit.errors import TransferKitError
-from transferkit.recipes.budget import LP_FT_BELOW_PER_CLASS
+from transferkit.recipes.budget import LP_FT_BELOW_PER_CLASS, LP_FT_FAST_FROM_PER_CLASS
 from transferkit.train.ema import check_ema
 from transferkit.train.tta import TTA_MODES
 
@@ -127,7 +127,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="output folder (created if needed; required)")
     p.add_argument("--recipe", default=None,
                    help=f"fine-tuning recipe (default: from the data, lp_ft below "
-                        f"{LP_FT_BELOW_PER_CLASS} training images a class, else full)")
+                        f"{LP_FT_BELOW_PER_CLASS} training images a class, full from there, "
+                        f"lp_ft at full's LRs from {LP_FT_FAST_FROM_PER_CLASS} a class)")
     length = p.add_mutually_exclusive_group()
     length.add_argument("--epochs", type=_positive_int, default=None,
                         help="epochs (default: from the number of images)")

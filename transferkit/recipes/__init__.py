@@ -23,6 +23,7 @@ from transferkit.recipes.budget import (
     default_epochs,
     default_image_size,
     default_recipe,
+    default_recipe_lr,
     image_size_choice,
 )
 from transferkit.recipes.cache import (
@@ -73,6 +74,7 @@ __all__ = [
     "default_epochs",
     "default_image_size",
     "default_recipe",
+    "default_recipe_lr",
     "image_size_choice",
     "extract_features",
     "extraction_batch_size",

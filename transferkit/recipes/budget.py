@@ -7,8 +7,11 @@ data sets built offline, and ``docs/recipes.md`` holds its table.
 
 - **Recipe**: ``lp_ft`` (a linear probe, then everything at head/body LR 1e-3/1e-4) below
   :data:`LP_FT_BELOW_PER_CLASS` training images a class, ``full`` (everything, 1e-2/1e-3)
-  from there: at 10 images a class ``full`` was 1.7 points behind ``lp_ft``, at 30 a class
-  it was 2 to 6 points ahead (two seeds, docs/recipes.md).
+  from there, and ``lp_ft`` at ``full``'s LRs (1e-2/1e-3) from
+  :data:`LP_FT_FAST_FROM_PER_CLASS`: at 10 images a class ``full`` was 1.7 points behind
+  ``lp_ft``, at 30 a class it was 2 to 6 points ahead, and at 100 and 1,000 a class
+  ``lp_ft`` at 1e-2/1e-3 was 0.3 to 0.9 points ahead of ``full`` in half its time (its probe
+  half trains on cached features); two seeds each, docs/recipes.md.
 - **Batch size**: about ``N / 16`` images (a power of two, 16..256), so a small data set
   still gets some optimizer steps per epoch and a large one uses the CPU's cores well.
 - **Length**: ``round(1000 / sqrt(N))`` epochs, within 3..60: small data sets need many
@@ -37,6 +40,7 @@ from transferkit.recipes.table import DEFAULT_RECIPE
 
 __all__ = [
     "LP_FT_BELOW_PER_CLASS",
+    "LP_FT_FAST_FROM_PER_CLASS",
     "PIXEL_BUDGET",
     "MAX_BATCH",
     "MAX_EPOCHS",
@@ -48,12 +52,18 @@ __all__ = [
     "default_image_size",
     "default_passes",
     "default_recipe",
+    "default_recipe_lr",
     "image_size_choice",
 ]
 
 #: Fewer training images a class than this: the default recipe is ``lp_ft``, else ``full``
 #: (measured at 10 and 30 a class: docs/recipes.md, benchmarks/small_data.py).
 LP_FT_BELOW_PER_CLASS = 20
+#: At least this many training images a class: the default is ``lp_ft`` again, at ``full``'s
+#: head/body LR 1e-2/1e-3 (:func:`default_recipe_lr`); measured at 30, 100 and 1,000 a class.
+LP_FT_FAST_FROM_PER_CLASS = 100
+#: The head LR of that tier (the body's follows at ``lp_ft``'s ratio, 0.1).
+LP_FT_FAST_LR = 1e-2
 MIN_BATCH, MAX_BATCH = 16, 256
 MIN_EPOCHS, MAX_EPOCHS = 3, 60
 _EPOCH_SCALE = 1000.0  # epochs = _EPOCH_SCALE / sqrt(N), clipped (measured: docs/recipes.md)
@@ -110,13 +120,14 @@ def default_recipe(num_samples: int | None, num_classes: int) -> Choice:
     """Return the default recipe for ``num_samples`` training images of ``num_classes``.
 
     ``lp_ft`` below :data:`LP_FT_BELOW_PER_CLASS` images a class (the body, fine-tuned at
-    1e-3/1e-4 after a probe, moves little), ``full`` from there;
+    1e-3/1e-4 after a probe, moves little), ``full`` from there, ``lp_ft`` again from
+    :data:`LP_FT_FAST_FROM_PER_CLASS` a class, at the head LR of :func:`default_recipe_lr`;
     :data:`~transferkit.recipes.table.DEFAULT_RECIPE` where the number of images is not
     known (a loader without a length).
 
     Example:
-        >>> default_recipe(100, 10).value, default_recipe(300, 10).value
-        ('lp_ft', 'full')
+        >>> [default_recipe(n, 10).value for n in (100, 300, 1000)]
+        ['lp_ft', 'full', 'lp_ft']
         >>> default_recipe(100, 10).why
         '100 training images, 10 a class (under 20): a probe, then the body at a low LR'
     """
@@ -129,8 +140,36 @@ def default_recipe(num_samples: int | None, num_classes: int) -> Choice:
         return Choice("recipe", "lp_ft", f"{n} training images, {per_class:.3g} a class (under "
                                          f"{LP_FT_BELOW_PER_CLASS}): a probe, then the body at "
                                          "a low LR")
-    return Choice("recipe", "full", f"{n} training images, {per_class:.3g} a class (at least "
-                                    f"{LP_FT_BELOW_PER_CLASS}): everything trains")
+    if per_class >= LP_FT_FAST_FROM_PER_CLASS:
+        return Choice("recipe", "lp_ft", f"{n} training images, {per_class:.3g} a class (at "
+                                         f"least {LP_FT_FAST_FROM_PER_CLASS}): a probe, then "
+                                         "everything at full's LRs, in about half its time")
+    return Choice("recipe", "full", f"{n} training images, {per_class:.3g} a class "
+                                    f"({LP_FT_BELOW_PER_CLASS} to {LP_FT_FAST_FROM_PER_CLASS}): "
+                                    "everything trains")
+
+
+def default_recipe_lr(num_samples: int | None, num_classes: int) -> Choice | None:
+    """Return the head LR that goes with :func:`default_recipe`, or ``None`` for the recipe's own.
+
+    Only the tier from :data:`LP_FT_FAST_FROM_PER_CLASS` images a class has one: ``lp_ft``
+    at :data:`LP_FT_FAST_LR` (its body at a tenth of it) instead of its own 1e-3.
+
+    Example:
+        >>> default_recipe_lr(300, 10) is None
+        True
+        >>> print(default_recipe_lr(1000, 10))
+        lr 0.01: 100 a class (at least 100): lp_ft's fine-tuning at full's head LR
+    """
+    if num_samples is None:
+        return None
+    per_class = (_validate.positive_int("num_samples", num_samples)
+                 / _validate.positive_int("num_classes", num_classes))
+    if per_class < LP_FT_FAST_FROM_PER_CLASS:
+        return None
+    return Choice("lr", LP_FT_FAST_LR, f"{per_class:.3g} a class (at least "
+                                       f"{LP_FT_FAST_FROM_PER_CLASS}): lp_ft's fine-tuning at "
+                                       "full's head LR")
 
 
 def default_passes(num_samples: int) -> int:

@@ -29,7 +29,12 @@ from transferkit.adaptation.core import get_info, unwrap
 from transferkit.adaptation.freezing import BN_MODES, freeze, freeze_state, load_freeze_state
 from transferkit.data.pipeline import TensorLoader
 from transferkit.errors import ConfigError
-from transferkit.recipes.budget import Choice, default_epochs, default_recipe
+from transferkit.recipes.budget import (
+    Choice,
+    default_epochs,
+    default_recipe,
+    default_recipe_lr,
+)
 from transferkit.recipes.cache import (
     cache_inputs,
     is_conv_model,
@@ -423,13 +428,15 @@ def fine_tune(
             ``train`` is tensors.
         recipe: The recipe's name; default from the data
             (:func:`~transferkit.recipes.budget.default_recipe`: ``lp_ft`` below 20
-            training images a class, ``full`` from there; for a loader that cannot say its
-            size, :data:`~transferkit.recipes.table.DEFAULT_RECIPE`).
+            training images a class, ``full`` from there, ``lp_ft`` at 1e-2/1e-3 from 100 a
+            class; for a loader that cannot say its size,
+            :data:`~transferkit.recipes.table.DEFAULT_RECIPE`).
         epochs: Total epochs, all phases together (``lp_ft`` needs at least 2); default
             from the number of training images (``default_epochs``).
         steps: The length as optimizer steps instead, rounded up to whole epochs (needs
             ``train`` with a ``len()``); not with ``epochs``.
-        lr: Head LR; default per recipe (see ``RECIPES``). For ``lp_ft``, the head LR of
+        lr: Head LR; default per recipe (see ``RECIPES``), or the data's tier when the
+            recipe is chosen from the data (``default_recipe_lr``). For ``lp_ft``, the head LR of
             the fine-tuning phase (the probe uses ``PROBE_LR``). ``"find"``: found by
             :func:`~transferkit.train.lr_find` (the ``"valley"`` rule) at the start of that
             phase, on exactly what it trains (:mod:`transferkit.recipes.lr_search`); the
@@ -510,8 +517,12 @@ def fine_tune(
                           balanced=balanced, device=select_device(device).type)
     train, val, settings = inputs.train, inputs.val, inputs.choices
     if spec is None:
-        settings.insert(0, default_recipe(num_samples(train), get_info(model).num_classes))
+        n_train, n_classes = num_samples(train), get_info(model).num_classes
+        settings.insert(0, default_recipe(n_train, n_classes))
         spec = check_recipe(settings[0].value)
+        if lr is None and (rule_lr := default_recipe_lr(n_train, n_classes)) is not None:
+            settings.insert(1, rule_lr)  # the tier's head LR; the body's follows at the ratio
+            lr = rule_lr.value
     epochs = _length(train, epochs, steps, settings)
     lr_ = check_lr(lr, body_lr)
     body_lr_ = (None if body_lr is None
