@@ -10,8 +10,8 @@ data sets built offline, and ``docs/recipes.md`` holds its table.
   from there, and ``lp_ft`` at ``full``'s LRs (1e-2/1e-3) from
   :data:`LP_FT_FAST_FROM_PER_CLASS`: at 10 images a class ``full`` was 1.7 points behind
   ``lp_ft``, at 30 a class it was 2 to 6 points ahead, and at 100 and 1,000 a class
-  ``lp_ft`` at 1e-2/1e-3 was 0.3 to 0.9 points ahead of ``full`` in half its time (its probe
-  half trains on cached features); two seeds each, docs/recipes.md.
+  ``lp_ft`` at 1e-2/1e-3 was 0.4 and 1.0 points ahead of ``full`` in half its time (its
+  probe half trains on cached features); means of two seeds each, docs/recipes.md.
 - **Batch size**: about ``N / 16`` images (a power of two, 16..256), so a small data set
   still gets some optimizer steps per epoch and a large one uses the CPU's cores well.
 - **Length**: ``round(1000 / sqrt(N))`` epochs, within 3..60: small data sets need many
@@ -41,6 +41,7 @@ from transferkit.recipes.table import DEFAULT_RECIPE
 __all__ = [
     "LP_FT_BELOW_PER_CLASS",
     "LP_FT_FAST_FROM_PER_CLASS",
+    "LP_FT_FAST_LR",
     "PIXEL_BUDGET",
     "MAX_BATCH",
     "MAX_EPOCHS",
