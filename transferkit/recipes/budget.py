@@ -135,13 +135,12 @@ def default_recipe(num_samples: int | None, num_classes: int) -> Choice:
     if num_samples is None:
         return Choice("recipe", DEFAULT_RECIPE, "the default (the number of training images is "
                                                 "not known)")
-    n = _validate.positive_int("num_samples", num_samples)
-    per_class = n / _validate.positive_int("num_classes", num_classes)
+    n, per_class, fast = _per_class(num_samples, num_classes)
     if per_class < LP_FT_BELOW_PER_CLASS:
         return Choice("recipe", "lp_ft", f"{n} training images, {per_class:.3g} a class (under "
                                          f"{LP_FT_BELOW_PER_CLASS}): a probe, then the body at "
                                          "a low LR")
-    if per_class >= LP_FT_FAST_FROM_PER_CLASS:
+    if fast:
         return Choice("recipe", "lp_ft", f"{n} training images, {per_class:.3g} a class (at "
                                          f"least {LP_FT_FAST_FROM_PER_CLASS}): a probe, then "
                                          "everything at full's LRs, in about half its time")
@@ -164,13 +163,21 @@ def default_recipe_lr(num_samples: int | None, num_classes: int) -> Choice | Non
     """
     if num_samples is None:
         return None
-    per_class = (_validate.positive_int("num_samples", num_samples)
-                 / _validate.positive_int("num_classes", num_classes))
-    if per_class < LP_FT_FAST_FROM_PER_CLASS:
+    _, per_class, fast = _per_class(num_samples, num_classes)
+    if not fast:
         return None
     return Choice("lr", LP_FT_FAST_LR, f"{per_class:.3g} a class (at least "
                                        f"{LP_FT_FAST_FROM_PER_CLASS}): lp_ft's fine-tuning at "
                                        "full's head LR")
+
+
+def _per_class(num_samples: int, num_classes: int) -> tuple[int, float, bool]:
+    """The checked image count, the images a class, and whether the ``lp_ft`` tier at
+    ``full``'s LRs applies: the one place :func:`default_recipe` and
+    :func:`default_recipe_lr` read that boundary."""
+    n = _validate.positive_int("num_samples", num_samples)
+    per_class = n / _validate.positive_int("num_classes", num_classes)
+    return n, per_class, per_class >= LP_FT_FAST_FROM_PER_CLASS
 
 
 def default_passes(num_samples: int) -> int:
