@@ -130,6 +130,58 @@ def test_without_validation_the_last_weights_are_kept_and_said(tmp_path, caplog)
         "metric, so there is no best epoch to restore"]
 
 
+# ------------------------------------------------------------------ the warm-up
+def warming(**kwargs) -> Trainer:
+    """The default optimizer and schedule, half of it warm-up: epochs 1-3 of 6 (6 steps)."""
+    return Trainer(tiny_cnn(), lr=1e-2, epochs=6, warmup=0.5, device="cpu", progress=False,
+                   **kwargs)
+
+
+def test_epochs_within_the_warm_up_are_not_candidates(tmp_path, caplog):
+    # warmup=0.5 of 12 steps: epochs 1-3 end within it, and the lowest val_loss of the
+    # whole run is one of theirs; the best epoch is the lowest of epochs 4-6.
+    trainer = warming(out_dir=tmp_path)
+    with caplog.at_level(logging.INFO):
+        history = trainer.fit(TRAIN, VAL)
+    losses = [r["val_loss"] for r in history]
+    assert losses.index(min(losses)) < 3  # else the test would show nothing
+    best = 4 + losses[3:].index(min(losses[3:]))
+    assert trainer.best["epoch"] == best and trainer.restored_epoch == best
+    assert load_checkpoint(tmp_path / "best.pt")["epoch"] == best
+    assert_equal(trainer.model.state_dict(), load_checkpoint(tmp_path / "best.pt")["model"])
+    assert "epochs that end within the LR warm-up (its first 6 steps) are not candidates " \
+        "for the best epoch" in messages(caplog)
+
+
+def test_patience_does_not_count_the_warm_up(tmp_path):
+    # val_loss falls to epoch 3 (warming up), then rises: counted from epoch 3, patience 1
+    # would stop after epoch 4; the first candidate is epoch 4, so the run stops after 5.
+    trainer = warming(patience=1)
+    history = trainer.fit(TRAIN, VAL)
+    losses = [r["val_loss"] for r in history]
+    assert losses[2] < losses[3] < losses[4]
+    assert len(history) == 5 and trainer.best["epoch"] == 4
+
+
+class StopAfter(Callback):
+    def __init__(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def on_epoch_end(self, trainer):
+        trainer.should_stop = trainer.epoch >= self.epoch
+
+
+def test_a_run_that_ends_within_the_warm_up_keeps_its_last_weights(caplog):
+    trainer = warming(callbacks=[StopAfter(2)])
+    with caplog.at_level(logging.INFO):
+        history = trainer.fit(TRAIN, VAL)
+    assert len(history) == 2 and trainer.best["epoch"] is None
+    assert trainer.restored_epoch is None
+    assert restore_lines(caplog) == [
+        "kept the weights of the last epoch (2): every epoch ended within the LR warm-up, so "
+        "there is no best epoch to restore"]
+
+
 # ------------------------------------------------------------------ no restore on a stop
 class InterruptAt(Callback):
     """Act as if Ctrl-C arrived during optimizer step ``step``."""

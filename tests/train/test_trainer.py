@@ -29,6 +29,7 @@ from transferkit.errors import (
 from transferkit.train import Trainer, select_device, warmup_cosine
 from transferkit.train.callbacks import Callback
 from transferkit.train.checkpoint import load_checkpoint
+from transferkit.train.schedules import warming_up, warmup_cosine_scheduler
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "tests" / "scripts" / "train_tiny.py"
@@ -240,6 +241,16 @@ def test_default_schedule_is_warmup_then_cosine():
     assert warmup_cosine(12, warmup_steps=4, total_steps=20) == pytest.approx(0.5)
     assert warmup_cosine(20, warmup_steps=4, total_steps=20, min_ratio=0.1) == pytest.approx(0.1)
     assert warmup_cosine(99, warmup_steps=4, total_steps=20) == pytest.approx(0.0)
+
+
+def test_warming_up_is_known_only_for_the_default_schedule():
+    opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=0.1)
+    sched = warmup_cosine_scheduler(opt, total_steps=20, warmup=0.2)  # 4 steps
+    assert [warming_up(sched, n) for n in (0, 3, 4, 5, 20)] == [4, 4, 4, None, None]
+    one_step = warmup_cosine_scheduler(opt, total_steps=1, warmup=0.5)
+    assert warming_up(one_step, 1) is None  # the run's last step never warms up
+    assert warming_up(torch.optim.lr_scheduler.StepLR(opt, 5), 0) is None
+    assert warming_up(None, 0) is None
 
 
 def test_default_optimizer_keeps_discriminative_lrs():

@@ -140,6 +140,12 @@ class BestWeights:
             say("kept %s of the last epoch (%d): monitor %s is not a validation metric, so "
                 "there is no best epoch to restore", what, last, monitor)
             return None
+        if best["epoch"] is None:  # every epoch ended within the LR warm-up
+            if ema is not None:
+                ema.copy_to(model)
+            say("kept %s of the last epoch (%d): every epoch ended within the LR warm-up, so "
+                "there is no best epoch to restore", what, last)
+            return None
         epoch, score = best["epoch"], f"{monitor} {best['value']:.4g}"
         if epoch == last and ema is None:  # the model holds them already
             say("kept the weights of epoch %d (%s), the best of %d and the last", epoch,

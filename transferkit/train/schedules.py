@@ -11,7 +11,13 @@ import math
 
 import torch
 
-__all__ = ["WarmupCosine", "stretch_schedule", "warmup_cosine", "warmup_cosine_scheduler"]
+__all__ = [
+    "WarmupCosine",
+    "stretch_schedule",
+    "warming_up",
+    "warmup_cosine",
+    "warmup_cosine_scheduler",
+]
 
 
 def warmup_cosine(
@@ -81,10 +87,8 @@ def stretch_schedule(scheduler: object, total_steps: int) -> int | None:
     Returns:
         The previous length if the schedule was changed, else ``None``.
     """
-    fns = getattr(scheduler, "lr_lambdas", None)
-    if not isinstance(scheduler, torch.optim.lr_scheduler.LambdaLR) or not fns:
-        return None
-    if not all(isinstance(fn, WarmupCosine) for fn in fns):
+    fns = _warmup_cosines(scheduler)
+    if fns is None or not isinstance(scheduler, torch.optim.lr_scheduler.LambdaLR):
         return None
     previous = fns[0].total_steps
     if all(fn.total_steps == total_steps for fn in fns):
@@ -96,3 +100,32 @@ def stretch_schedule(scheduler: object, total_steps: int) -> int | None:
         group["lr"] = base * fn(step)
     scheduler._last_lr = [group["lr"] for group in groups]  # what get_last_lr() returns
     return previous
+
+
+def warming_up(scheduler: object, steps_done: int) -> int | None:
+    """Return the warm-up's length if ``steps_done`` steps all fall within it, else ``None``.
+
+    Only a warm-up + cosine ``LambdaLR`` (the Trainer's default schedule) has a warm-up
+    that is known; the run's last step never counts as warming up, so a run always has an
+    epoch after it (a warm-up as long as the run is at most one step).
+
+    Args:
+        scheduler: Any scheduler.
+        steps_done: The scheduler steps taken so far.
+    """
+    fns = _warmup_cosines(scheduler)
+    if fns is None:
+        return None
+    warmup = max(fn.warmup_steps for fn in fns)
+    return warmup if steps_done <= warmup and steps_done < min(fn.total_steps for fn in fns) \
+        else None
+
+
+def _warmup_cosines(scheduler: object) -> list[WarmupCosine] | None:
+    """The multipliers of a ``LambdaLR`` whose every one is a :class:`WarmupCosine`."""
+    fns = getattr(scheduler, "lr_lambdas", None)
+    if not isinstance(scheduler, torch.optim.lr_scheduler.LambdaLR) or not fns:
+        return None
+    if not all(isinstance(fn, WarmupCosine) for fn in fns):
+        return None
+    return list(fns)

@@ -72,7 +72,7 @@ from transferkit.train.metrics import MetricSums, metric_sums
 from transferkit.train.mixing import batch_mixer, check_mix_alphas
 from transferkit.train.multilabel_metrics import MultiLabelSums
 from transferkit.train.optim import default_optimizer, head_body_lrs, schedule_steps
-from transferkit.train.schedules import stretch_schedule, warmup_cosine_scheduler
+from transferkit.train.schedules import stretch_schedule, warming_up, warmup_cosine_scheduler
 from transferkit.train.state import (
     CHECKPOINT_FORMAT,
     freeze_record,
@@ -147,8 +147,12 @@ class Trainer:
             multi-label runs report ``*_map`` (validation) and ``*_f1`` instead.
         monitor: History key that decides the best epoch; default ``"val_loss"``
             (``"train_loss"`` without validation data). Keys with ``acc``/``top``/``map``/
-            ``f1`` are maximised.
-        patience: Stop after this many epochs without improvement (``None``: never).
+            ``f1`` are maximised. With the default schedule, an epoch that ends within its
+            warm-up is not a candidate for the best epoch (one log line says so): its
+            weights were never trained at the full LR, and on a small validation split
+            its score can still be the run's best by chance.
+        patience: Stop after this many epochs without improvement (``None``: never);
+            epochs within the warm-up do not count.
         restore_best: When ``fit`` returns normally (not after Ctrl-C), the model holds
             the weights of the best epoch by a validation ``monitor`` (``val_*``), kept
             in memory as one CPU copy (after a resume, read from ``best.pt``) and logged in
@@ -769,6 +773,14 @@ class Trainer:
         self.monitor = resolve_monitor(self._monitor_arg, self.topk, has_val=has_val, task=task)
 
     def _update_best(self, record: dict[str, Any]) -> None:
+        done = self.scheduler.last_epoch + (self.scheduler_interval == "epoch") \
+            if self.scheduler is not None else 0
+        warmup = warming_up(self.scheduler, done)
+        if warmup is not None:
+            if record["epoch"] == 1 and self.dist.is_main:
+                log.info("epochs that end within the LR warm-up (its first %d %ss) are not "
+                         "candidates for the best epoch", warmup, self.scheduler_interval)
+            return
         if update_best(self.best, record, monitor=self.monitor, patience=self.patience):
             self.should_stop = True
             if self.dist.is_main:
