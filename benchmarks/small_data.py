@@ -215,7 +215,17 @@ def run_arm(data: tuple[Split, Split, Split, list[str]], *, recipe: str | None,
     acc = float((probs.argmax(1) == test[1]).float().mean())
     return {"test_acc": round(acc, 4), "seconds": round(seconds, 1),
             "epochs": len(result.history), "image_size": size,
+            "restored_epoch": result.trainer.restored_epoch,  # of the last phase (lp_ft)
+            "probe_kept": any("keeps the probe's weights" in n for n in result.notes),
             "settings": [str(s) for s in result.settings]}
+
+
+def _ends_with(row: dict) -> str:
+    """Which weights a run ended with: the probe's, its best epoch's, or its last epoch's."""
+    if row.get("probe_kept"):
+        return "the probe's"
+    epoch = row.get("restored_epoch")
+    return "the last epoch's" if epoch is None else f"epoch {epoch}"
 
 
 def mean_rows(runs: dict[str, list[dict]]) -> dict[str, dict]:
@@ -328,7 +338,8 @@ def main(argv: list[str] | None = None) -> int:
     def record(name: str, label: str, seed: int, row: dict) -> None:
         runs[name][label].append(row)
         print(f"  {name:7s} {label:28s} seed {seed}: test {row['test_acc']:.4f}  "
-              f"{row['epochs']:3d} ep  {row['image_size']:3d} px  {row['seconds']:7.1f} s",
+              f"{row['epochs']:3d} ep (ends with {_ends_with(row)})  "
+              f"{row['image_size']:3d} px  {row['seconds']:7.1f} s",
               flush=True)
 
     common = (args.backbone, args.threads, args.quick)

@@ -34,6 +34,11 @@ def test_quick_run_prints_a_table_and_a_verdict(tmp_path):
         assert len(accs) == 2 and sorted(row["per_seed"]) == accs
         assert row["test_acc"] == round(sum(accs) / 2, 4)
     assert "| digits |" in proc.stdout
+    # Each run says which weights it ended with: full restores its best epoch of the two.
+    assert all(r["restored_epoch"] in (1, 2) and not r["probe_kept"]
+               for r in runs["full 1e-2/1e-3 1x"])
+    lines = [line for line in proc.stdout.splitlines() if " seed " in line]
+    assert len(lines) == 4 and all("ep (ends with " in line for line in lines)
 
 
 def _children(pid: int) -> list[int]:
