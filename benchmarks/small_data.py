@@ -19,11 +19,10 @@ Data sets (train / val / test per class), each with a held-out test split:
   the rest per class.
 
 Arms: ``default`` is ``fine_tune(model, (x, y), (vx, vy))`` with nothing else (today
-``lp_ft`` below 20 training images a class, ``full`` from there, ``lp_ft`` at 1e-2/1e-3 from
-100 a class, each at the rule's LRs,
+``full`` from 20 to 100 training images a class, ``lp_ft`` at 1e-2/1e-3 below and above,
 the default length and the budget-aware image size). The sweep (``SWEEP_ARMS``, written
-as ``--arms`` takes them): ``full`` at 1e-2/1e-3 and ``lp_ft`` at 1e-3/1e-4 (the two
-defaults: one of them repeats the default's run), ``lp_ft`` at 1e-2/1e-3, a linear
+as ``--arms`` takes them): ``full`` at 1e-2/1e-3 and ``lp_ft`` at 1e-2/1e-3 (the two
+defaults: one of them repeats the default's run), ``lp_ft`` at its own 1e-3/1e-4, a linear
 probe, ``lp_ft`` at twice the length and at 32 px (the images' own size, the default
 before the budget); arms without a size train at the default's size. ``--all-arms`` adds the rest of
 ``SWEEP_ARMS``. Data sets of more than 5,000 images run the lean sweep (``LEAN``). Every
@@ -57,8 +56,8 @@ DATASETS = ("fm10", "digits", "fm30", "photos", "fm100", "fm1000")
 # length is BUDGET times the default's; without a size, the default's image size).
 SWEEP_ARMS = (
     "full 1e-2/1e-3 1x",  # the default from 20 to 100 training images a class
-    "lp_ft 1e-3/1e-4 1x",  # the default below 20 a class (at every size until 2026-12-06)
-    "lp_ft 1e-2/1e-3 1x",  # the default from 100 a class (since 2026-12-06 evening)
+    "lp_ft 1e-3/1e-4 1x",  # the default below 20 a class until 2026-12-07
+    "lp_ft 1e-2/1e-3 1x",  # the default below 20 and from 100 a class (since 2026-12-07)
     "linear_probe 1x",
     "lp_ft 1e-3/1e-4 2x",
     "lp_ft 1e-3/1e-4 1x 32px",  # the images' own size: the default before the budget

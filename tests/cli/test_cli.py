@@ -483,8 +483,9 @@ def test_defaults_are_chosen_from_the_data_and_said(capsys, tmp_path) -> None:
                  f"chose image_size {size}: the images are 32x32; {default_passes(12)} image "
                  "passes",
                  "chose batch_size 12: default for 12 training images",
-                 "chose augment light: default", "chose lr 0.001: recipe lp_ft's default",
-                 "chose body_lr 0.0001: head LR x 0.1"):
+                 "chose augment light: default",
+                 "chose lr 0.01: 6 a class (under 20): lp_ft's fine-tuning at full's head LR",
+                 "chose body_lr 0.001: head LR x 0.1"):
         assert line in err, line
     _, meta = load_model(out / "model.safetensors")
     assert meta.in_chans == 1 and meta.image_size == (size, size) and size > 32

@@ -187,14 +187,18 @@ def test_lr_alone_moves_the_body_at_the_recipes_ratio():
 
 
 def test_the_default_recipe_follows_the_images_a_class():
-    # lp_ft below LP_FT_BELOW_PER_CLASS (20) images a class, full from there, lp_ft at
-    # 1e-2/1e-3 from LP_FT_FAST_FROM_PER_CLASS (100); a loader that cannot say its size gets
-    # DEFAULT_RECIPE.
+    # lp_ft below LP_FT_BELOW_PER_CLASS (20) images a class, full from there, lp_ft again
+    # from LP_FT_FAST_FROM_PER_CLASS (100); both lp_ft tiers at 1e-2/1e-3. A loader that
+    # cannot say its size gets DEFAULT_RECIPE.
     assert (LP_FT_BELOW_PER_CLASS, LP_FT_FAST_FROM_PER_CLASS) == (20, 100)
     assert [default_recipe(n, 10).value for n in (10, 199, 200, 999, 1000, 5000)] == [
         "lp_ft", "lp_ft", "full", "full", "lp_ft", "lp_ft"]
-    assert [default_recipe_lr(n, 10) for n in (None, 10, 200, 999)] == [None] * 4
-    assert [default_recipe_lr(n, 10).value for n in (1000, 5000)] == [1e-2, 1e-2]
+    assert [default_recipe_lr(n, 10) for n in (None, 200, 999)] == [None] * 3
+    assert [default_recipe_lr(n, 10).value for n in (10, 199, 1000, 5000)] == [1e-2] * 4
+    assert default_recipe_lr(199, 10).why == ("19.9 a class (under 20): lp_ft's fine-tuning "
+                                              "at full's head LR")
+    assert default_recipe(199, 10).why == ("199 training images, 19.9 a class (under 20): a "
+                                           "probe, then everything at full's LRs")
     assert default_recipe(200, 10).why == ("200 training images, 20 a class (20 to 100): "
                                            "everything trains")
     assert default_recipe(1000, 10).why == (
@@ -209,13 +213,13 @@ def test_the_default_recipe_follows_the_images_a_class():
 
 
 @pytest.mark.parametrize(("n", "recipe", "phases", "lrs"), [
-    (12, "lp_ft", {"probe", "finetune"}, (1e-3, 1e-4)),
+    (12, "lp_ft", {"probe", "finetune"}, (1e-2, 1e-3)),
     (40, "full", {"finetune"}, (1e-2, 1e-3)),
     (200, "lp_ft", {"probe", "finetune"}, (1e-2, 1e-3)),
 ])
 def test_fine_tune_without_a_recipe_takes_the_data_s(n, recipe, phases, lrs, caplog):
-    # 2 classes: 12 images are 6 a class (lp_ft), 40 are 20 a class (full), 200 are 100 a
-    # class (lp_ft at full's LRs). The fine-tuning phase's first epoch logs its LRs.
+    # 2 classes: 12 images are 6 a class, 40 are 20 a class (full), 200 are 100 a class;
+    # lp_ft at full's LRs on both sides. The fine-tuning phase's first epoch logs its LRs.
     model = _model(classes=2)
     with caplog.at_level(logging.INFO, logger="transferkit"):
         result = fine_tune(model, _tensors(n, classes=2), _tensors(8, classes=2, seed=1),
@@ -230,7 +234,7 @@ def test_fine_tune_without_a_recipe_takes_the_data_s(n, recipe, phases, lrs, cap
     assert lrs[0] / 2 < first["lr"] <= lrs[0]
     assert first["lr"] / first["body_lr"] == pytest.approx(10)
     lr_line = chosen["lr"]
-    assert (lr_line == default_recipe_lr(n, 2)) == (n == 200)  # the tier's line, not the recipe's
+    assert (lr_line == default_recipe_lr(n, 2)) == (recipe == "lp_ft")  # the tier's line
     assert inspect.signature(fine_tune).parameters["recipe"].default is None
     assert DEFAULT_RECIPE == "full"
 

@@ -126,9 +126,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="backbone name (transferkit backbones; required)")
     p.add_argument("--out", default=None, help="output folder (created if needed; required)")
     p.add_argument("--recipe", default=None,
-                   help=f"fine-tuning recipe (default: from the data, lp_ft below "
-                        f"{LP_FT_BELOW_PER_CLASS} training images a class, full from there, "
-                        f"lp_ft at full's LRs from {LP_FT_FAST_FROM_PER_CLASS} a class)")
+                   help=f"fine-tuning recipe (default: from the data, full from "
+                        f"{LP_FT_BELOW_PER_CLASS} to {LP_FT_FAST_FROM_PER_CLASS} training "
+                        "images a class, lp_ft at full's LRs below and above)")
     length = p.add_mutually_exclusive_group()
     length.add_argument("--epochs", type=_positive_int, default=None,
                         help="epochs (default: from the number of images)")

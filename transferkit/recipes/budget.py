@@ -5,12 +5,13 @@ report each choice with its reason (:class:`Choice`). The rules are measured, no
 ``benchmarks/small_data.py`` runs them against a sweep of recipe x LR x budget on small
 data sets built offline, and ``docs/recipes.md`` holds its table.
 
-- **Recipe**: ``lp_ft`` (a linear probe, then everything at head/body LR 1e-3/1e-4) below
-  :data:`LP_FT_BELOW_PER_CLASS` training images a class, ``full`` (everything, 1e-2/1e-3)
-  from there, and ``lp_ft`` at ``full``'s LRs (1e-2/1e-3) from
-  :data:`LP_FT_FAST_FROM_PER_CLASS`: at 10 images a class ``full`` was 1.7 points behind
-  ``lp_ft``, at 30 a class it was 2 to 6 points ahead, and at 100 and 1,000 a class
-  ``lp_ft`` at 1e-2/1e-3 was 0.4 and 1.0 points ahead of ``full`` in half its time (its
+- **Recipe**: ``full`` (everything, head/body LR 1e-2/1e-3) from
+  :data:`LP_FT_BELOW_PER_CLASS` to :data:`LP_FT_FAST_FROM_PER_CLASS` training images a
+  class, ``lp_ft`` (a linear probe, then everything) at ``full``'s LRs
+  (:data:`LP_FT_FAST_LR`) below and above: at 10 images a class ``lp_ft`` at 1e-2/1e-3
+  was 1.4 points ahead of ``full`` and 1.7 ahead of ``lp_ft`` at its own 1e-3/1e-4, at 30
+  a class ``full`` was 0.5 to 1.6 points ahead of it (tied on photos), and at 100 and
+  1,000 a class ``lp_ft`` was 0.4 and 1.0 points ahead of ``full`` in half its time (its
   probe half trains on cached features); means of two seeds each, docs/recipes.md.
 - **Batch size**: about ``N / 16`` images (a power of two, 16..256), so a small data set
   still gets some optimizer steps per epoch and a large one uses the CPU's cores well.
@@ -60,10 +61,12 @@ __all__ = [
 #: Fewer training images a class than this: the default recipe is ``lp_ft``, else ``full``
 #: (measured at 10 and 30 a class: docs/recipes.md, benchmarks/small_data.py).
 LP_FT_BELOW_PER_CLASS = 20
-#: At least this many training images a class: the default is ``lp_ft`` again, at ``full``'s
-#: head/body LR 1e-2/1e-3 (:func:`default_recipe_lr`); measured at 30, 100 and 1,000 a class.
+#: At least this many training images a class: the default is ``lp_ft`` again; measured at
+#: 30, 100 and 1,000 a class.
 LP_FT_FAST_FROM_PER_CLASS = 100
-#: The head LR of that tier (the body's follows at ``lp_ft``'s ratio, 0.1).
+#: The head LR of the default ``lp_ft`` on either side of ``full``'s tier: ``full``'s own
+#: (the body's follows at ``lp_ft``'s ratio, 0.1), not ``lp_ft``'s 1e-3
+#: (:func:`default_recipe_lr`).
 LP_FT_FAST_LR = 1e-2
 MIN_BATCH, MAX_BATCH = 16, 256
 MIN_EPOCHS, MAX_EPOCHS = 3, 60
@@ -120,9 +123,10 @@ def default_epochs(num_samples: int) -> int:
 def default_recipe(num_samples: int | None, num_classes: int) -> Choice:
     """Return the default recipe for ``num_samples`` training images of ``num_classes``.
 
-    ``lp_ft`` below :data:`LP_FT_BELOW_PER_CLASS` images a class (the body, fine-tuned at
-    1e-3/1e-4 after a probe, moves little), ``full`` from there, ``lp_ft`` again from
-    :data:`LP_FT_FAST_FROM_PER_CLASS` a class, at the head LR of :func:`default_recipe_lr`;
+    ``lp_ft`` below :data:`LP_FT_BELOW_PER_CLASS` images a class (a good head before the
+    body moves), ``full`` from there, ``lp_ft`` again from
+    :data:`LP_FT_FAST_FROM_PER_CLASS` a class (as good, in about half the time); both
+    ``lp_ft`` tiers at the head LR of :func:`default_recipe_lr`;
     :data:`~transferkit.recipes.table.DEFAULT_RECIPE` where the number of images is not
     known (a loader without a length).
 
@@ -130,7 +134,7 @@ def default_recipe(num_samples: int | None, num_classes: int) -> Choice:
         >>> [default_recipe(n, 10).value for n in (100, 300, 1000)]
         ['lp_ft', 'full', 'lp_ft']
         >>> default_recipe(100, 10).why
-        '100 training images, 10 a class (under 20): a probe, then the body at a low LR'
+        '100 training images, 10 a class (under 20): a probe, then everything at full's LRs'
     """
     if num_samples is None:
         return Choice("recipe", DEFAULT_RECIPE, "the default (the number of training images is "
@@ -138,8 +142,8 @@ def default_recipe(num_samples: int | None, num_classes: int) -> Choice:
     n, per_class, fast = _per_class(num_samples, num_classes)
     if per_class < LP_FT_BELOW_PER_CLASS:
         return Choice("recipe", "lp_ft", f"{n} training images, {per_class:.3g} a class (under "
-                                         f"{LP_FT_BELOW_PER_CLASS}): a probe, then the body at "
-                                         "a low LR")
+                                         f"{LP_FT_BELOW_PER_CLASS}): a probe, then everything "
+                                         "at full's LRs")
     if fast:
         return Choice("recipe", "lp_ft", f"{n} training images, {per_class:.3g} a class (at "
                                          f"least {LP_FT_FAST_FROM_PER_CLASS}): a probe, then "
@@ -152,23 +156,30 @@ def default_recipe(num_samples: int | None, num_classes: int) -> Choice:
 def default_recipe_lr(num_samples: int | None, num_classes: int) -> Choice | None:
     """Return the head LR that goes with :func:`default_recipe`, or ``None`` for the recipe's own.
 
-    Only the tier from :data:`LP_FT_FAST_FROM_PER_CLASS` images a class has one: ``lp_ft``
-    at :data:`LP_FT_FAST_LR` (its body at a tenth of it) instead of its own 1e-3.
+    Where the default is ``lp_ft`` (below :data:`LP_FT_BELOW_PER_CLASS` and from
+    :data:`LP_FT_FAST_FROM_PER_CLASS` images a class) it fine-tunes at
+    :data:`LP_FT_FAST_LR` (its body at a tenth of it) instead of its own 1e-3; ``full``
+    keeps its own.
 
     Example:
         >>> default_recipe_lr(300, 10) is None
         True
         >>> print(default_recipe_lr(1000, 10))
         lr 0.01: 100 a class (at least 100): lp_ft's fine-tuning at full's head LR
+        >>> print(default_recipe_lr(100, 10))
+        lr 0.01: 10 a class (under 20): lp_ft's fine-tuning at full's head LR
     """
     if num_samples is None:
         return None
     _, per_class, fast = _per_class(num_samples, num_classes)
-    if not fast:
+    if fast:
+        where = f"at least {LP_FT_FAST_FROM_PER_CLASS}"
+    elif per_class < LP_FT_BELOW_PER_CLASS:
+        where = f"under {LP_FT_BELOW_PER_CLASS}"
+    else:
         return None
-    return Choice("lr", LP_FT_FAST_LR, f"{per_class:.3g} a class (at least "
-                                       f"{LP_FT_FAST_FROM_PER_CLASS}): lp_ft's fine-tuning at "
-                                       "full's head LR")
+    return Choice("lr", LP_FT_FAST_LR, f"{per_class:.3g} a class ({where}): lp_ft's fine-tuning "
+                                       "at full's head LR")
 
 
 def _per_class(num_samples: int, num_classes: int) -> tuple[int, float, bool]:

@@ -427,9 +427,9 @@ def fine_tune(
         val: Validation batches, evaluated after every epoch: a loader, or tensors when
             ``train`` is tensors.
         recipe: The recipe's name; default from the data
-            (:func:`~transferkit.recipes.budget.default_recipe`: ``lp_ft`` below 20
-            training images a class, ``full`` from there, ``lp_ft`` at 1e-2/1e-3 from 100 a
-            class; for a loader that cannot say its size,
+            (:func:`~transferkit.recipes.budget.default_recipe`: ``full`` from 20 to 100
+            training images a class, ``lp_ft`` at ``full``'s 1e-2/1e-3 below and above;
+            for a loader that cannot say its size,
             :data:`~transferkit.recipes.table.DEFAULT_RECIPE`).
         epochs: Total epochs, all phases together (``lp_ft`` needs at least 2); default
             from the number of training images (``default_epochs``).
