@@ -183,9 +183,9 @@ def default_recipe_lr(num_samples: int | None, num_classes: int) -> Choice | Non
 
 
 def _per_class(num_samples: int, num_classes: int) -> tuple[int, float, bool]:
-    """The checked image count, the images a class, and whether the ``lp_ft`` tier at
-    ``full``'s LRs applies: the one place :func:`default_recipe` and
-    :func:`default_recipe_lr` read that boundary."""
+    """The checked image count, the images a class, and whether the tier from
+    :data:`LP_FT_FAST_FROM_PER_CLASS` a class applies: the one place
+    :func:`default_recipe` and :func:`default_recipe_lr` read that boundary."""
     n = _validate.positive_int("num_samples", num_samples)
     per_class = n / _validate.positive_int("num_classes", num_classes)
     return n, per_class, per_class >= LP_FT_FAST_FROM_PER_CLASS
