@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 import transferkit
+from transferkit.backbones import registry as R
 
 MODULES = sorted(
     m.name for m in pkgutil.walk_packages(transferkit.__path__, prefix="transferkit.")
@@ -42,6 +43,8 @@ def test_docstring_example(
     test: doctest.DocTest, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     monkeypatch.setenv("TRANSFERKIT_OFFLINE", "1")  # an example never downloads
+    # examples register backbones, as a user would: none of them may reach the other tests
+    monkeypatch.setattr(R, "_REGISTRY", dict(R._REGISTRY))
     # examples write to tempfile.mkdtemp(): keep those folders inside pytest's own, which it prunes
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     runner = doctest.DocTestRunner(optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)

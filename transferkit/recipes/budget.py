@@ -134,7 +134,7 @@ def default_recipe(num_samples: int | None, num_classes: int) -> Choice:
         >>> [default_recipe(n, 10).value for n in (100, 300, 1000)]
         ['lp_ft', 'full', 'lp_ft']
         >>> default_recipe(100, 10).why
-        '100 training images, 10 a class (under 20): a probe, then everything at full's LRs'
+        "100 training images, 10 a class (under 20): a probe, then everything at full's LRs"
     """
     if num_samples is None:
         return Choice("recipe", DEFAULT_RECIPE, "the default (the number of training images is "
