@@ -139,12 +139,12 @@ def default_recipe(num_samples: int | None, num_classes: int) -> Choice:
     if num_samples is None:
         return Choice("recipe", DEFAULT_RECIPE, "the default (the number of training images is "
                                                 "not known)")
-    n, per_class, fast = _per_class(num_samples, num_classes)
-    if per_class < LP_FT_BELOW_PER_CLASS:
+    n, per_class, tier = _tier(num_samples, num_classes)
+    if tier == "few":
         return Choice("recipe", "lp_ft", f"{n} training images, {per_class:.3g} a class (under "
                                          f"{LP_FT_BELOW_PER_CLASS}): a probe, then everything "
                                          "at full's LRs")
-    if fast:
+    if tier == "many":
         return Choice("recipe", "lp_ft", f"{n} training images, {per_class:.3g} a class (at "
                                          f"least {LP_FT_FAST_FROM_PER_CLASS}): a probe, then "
                                          "everything at full's LRs, in about half its time")
@@ -171,24 +171,25 @@ def default_recipe_lr(num_samples: int | None, num_classes: int) -> Choice | Non
     """
     if num_samples is None:
         return None
-    _, per_class, fast = _per_class(num_samples, num_classes)
-    if fast:
-        where = f"at least {LP_FT_FAST_FROM_PER_CLASS}"
-    elif per_class < LP_FT_BELOW_PER_CLASS:
-        where = f"under {LP_FT_BELOW_PER_CLASS}"
-    else:
+    _, per_class, tier = _tier(num_samples, num_classes)
+    where = {"few": f"under {LP_FT_BELOW_PER_CLASS}",
+             "many": f"at least {LP_FT_FAST_FROM_PER_CLASS}"}.get(tier)
+    if where is None:  # full's tier: the recipe's own LRs
         return None
     return Choice("lr", LP_FT_FAST_LR, f"{per_class:.3g} a class ({where}): lp_ft's fine-tuning "
                                        "at full's head LR")
 
 
-def _per_class(num_samples: int, num_classes: int) -> tuple[int, float, bool]:
-    """The checked image count, the images a class, and whether the tier from
-    :data:`LP_FT_FAST_FROM_PER_CLASS` a class applies: the one place
-    :func:`default_recipe` and :func:`default_recipe_lr` read that boundary."""
+def _tier(num_samples: int, num_classes: int) -> tuple[int, float, str]:
+    """The checked image count, the images a class, and their tier: ``"few"`` (below
+    :data:`LP_FT_BELOW_PER_CLASS`), ``"full"`` or ``"many"`` (from
+    :data:`LP_FT_FAST_FROM_PER_CLASS`): the one place :func:`default_recipe` and
+    :func:`default_recipe_lr` read the boundaries."""
     n = _validate.positive_int("num_samples", num_samples)
     per_class = n / _validate.positive_int("num_classes", num_classes)
-    return n, per_class, per_class >= LP_FT_FAST_FROM_PER_CLASS
+    if per_class < LP_FT_BELOW_PER_CLASS:
+        return n, per_class, "few"
+    return n, per_class, "many" if per_class >= LP_FT_FAST_FROM_PER_CLASS else "full"
 
 
 def default_passes(num_samples: int) -> int:

@@ -134,17 +134,15 @@ class BestWeights:
         say = log.info if dist.is_main else log.debug
         last, what = history[-1]["epoch"], "the EMA weights" if ema is not None else "the weights"
         model = unwrap(model, views=False)  # the names weights are kept under
-        if not is_validation_metric(monitor):
+        no_best = (f"monitor {monitor} is not a validation metric"
+                   if not is_validation_metric(monitor)
+                   else "every epoch ended within the LR warm-up" if best["epoch"] is None
+                   else None)
+        if no_best is not None:
             if ema is not None:
                 ema.copy_to(model)
-            say("kept %s of the last epoch (%d): monitor %s is not a validation metric, so "
-                "there is no best epoch to restore", what, last, monitor)
-            return None
-        if best["epoch"] is None:  # every epoch ended within the LR warm-up
-            if ema is not None:
-                ema.copy_to(model)
-            say("kept %s of the last epoch (%d): every epoch ended within the LR warm-up, so "
-                "there is no best epoch to restore", what, last)
+            say("kept %s of the last epoch (%d): %s, so there is no best epoch to restore",
+                what, last, no_best)
             return None
         epoch, score = best["epoch"], f"{monitor} {best['value']:.4g}"
         if epoch == last and ema is None:  # the model holds them already
