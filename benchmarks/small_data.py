@@ -19,10 +19,11 @@ Data sets (train / val / test per class), each with a held-out test split:
   the rest per class.
 
 Arms: ``default`` is ``fine_tune(model, (x, y), (vx, vy))`` with nothing else (today
-``full`` from 20 to 100 training images a class, ``lp_ft`` at 1e-2/1e-3 below and above,
-the default length and the budget-aware image size). The sweep (``SWEEP_ARMS``, written
-as ``--arms`` takes them): ``full`` at 1e-2/1e-3 and ``lp_ft`` at 1e-2/1e-3 (the two
-defaults: one of them repeats the default's run), ``lp_ft`` at its own 1e-3/1e-4, a linear
+``full`` with label smoothing 0.1 from 20 to 100 training images a class, ``lp_ft`` at
+1e-2/1e-3 below and above, the default length and the budget-aware image size). The sweep
+(``SWEEP_ARMS``, written as ``--arms`` takes them): ``full`` at 1e-2/1e-3 (the default
+less its smoothing) and ``lp_ft`` at 1e-2/1e-3 (the default of the other tiers: it
+repeats the default's run there), ``lp_ft`` at its own 1e-3/1e-4, a linear
 probe, ``lp_ft`` at twice the length and at 32 px (the images' own size, the default
 before the budget); arms without a size train at the default's size. ``--all-arms`` adds the rest of
 ``SWEEP_ARMS``. Data sets of more than 5,000 images run the lean sweep (``LEAN``). Every
@@ -55,7 +56,7 @@ DATASETS = ("fm10", "digits", "fm30", "photos", "fm100", "fm1000")
 # The sweep, each arm written as --arms takes it ("RECIPE HEAD/BODY BUDGETx [SIZEpx]": the
 # length is BUDGET times the default's; without a size, the default's image size).
 SWEEP_ARMS = (
-    "full 1e-2/1e-3 1x",  # the default from 20 to 100 training images a class
+    "full 1e-2/1e-3 1x",  # the default from 20 to 100 a class, less its label smoothing
     "lp_ft 1e-3/1e-4 1x",  # the default below 20 a class until 2026-12-07
     "lp_ft 1e-2/1e-3 1x",  # the default below 20 and from 100 a class (since 2026-12-07)
     "linear_probe 1x",

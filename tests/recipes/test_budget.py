@@ -22,9 +22,11 @@ from transferkit.recipes import (
     fine_tune,
 )
 from transferkit.recipes.budget import (
+    LABEL_SMOOTHING,
     LP_FT_BELOW_PER_CLASS,
     LP_FT_FAST_FROM_PER_CLASS,
     PIXEL_BUDGET,
+    default_label_smoothing,
     default_passes,
     default_recipe_lr,
 )
@@ -210,6 +212,45 @@ def test_the_default_recipe_follows_the_images_a_class():
         default_recipe(10, 0)
     with pytest.raises(ConfigError, match="num_classes"):
         default_recipe_lr(10, 0)
+
+
+def test_the_default_full_smooths_its_labels():
+    # full's tier (20 to 100 a class) only: the lp_ft tiers and an unknown size get none.
+    assert LABEL_SMOOTHING == 0.1
+    assert [default_label_smoothing(n, 10) for n in (None, 10, 199, 1000, 5000)] == [None] * 5
+    assert [default_label_smoothing(n, 10).value for n in (200, 999)] == [0.1, 0.1]
+    assert str(default_label_smoothing(300, 10)) == (
+        "label_smoothing 0.1: 30 a class (20 to 100): full's default, measured ahead of none "
+        "on every small data set of that size")
+    with pytest.raises(ConfigError, match="num_classes"):
+        default_label_smoothing(300, 0)
+
+
+@pytest.mark.parametrize(("kwargs", "smoothing"), [
+    ({}, 0.1),  # chosen: full's tier, and a line says so
+    ({"label_smoothing": 0.0}, 0.0),  # given: kept, even 0
+    ({"label_smoothing": 0.2}, 0.2),
+    ({"recipe": "full"}, 0.0),  # a recipe by name keeps the Trainer's default
+])
+def test_fine_tune_smooths_labels_only_where_it_chose_full(kwargs, smoothing, caplog):
+    # 40 images of 2 classes: 20 a class, full's tier.
+    model = _model(classes=2)
+    with caplog.at_level(logging.INFO, logger="transferkit"):
+        result = fine_tune(model, _tensors(40, classes=2), _tensors(8, classes=2, seed=1),
+                           epochs=1, device="cpu", **kwargs)
+    assert result.trainer.label_smoothing == smoothing
+    assert result.trainer.loss_fn.label_smoothing == smoothing  # what the loss applies
+    chosen = [s for s in result.settings if s.name == "label_smoothing"]
+    assert chosen == ([default_label_smoothing(40, 2)] if not kwargs else [])
+    assert ("chose label_smoothing 0.1: 20 a class" in caplog.text) == (not kwargs)
+
+
+def test_fine_tune_keeps_a_given_loss_without_smoothing():
+    loss = torch.nn.CrossEntropyLoss()
+    result = fine_tune(_model(classes=2), _tensors(40, classes=2), epochs=1, device="cpu",
+                       loss_fn=loss)
+    assert result.trainer.loss_fn is loss and result.trainer.label_smoothing == 0.0
+    assert "label_smoothing" not in {s.name for s in result.settings}
 
 
 @pytest.mark.parametrize(("n", "recipe", "phases", "lrs"), [

@@ -181,10 +181,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--labels", default=None, metavar="FILE",
                    help="multi-label: a .csv/.json labels file (image file -> labels) of the "
                         "images in --data; --val/--test then name labels files too")
-    for flag, meta, what in (("--mixup", "ALPHA", "MixUp's alpha, e.g. 0.2"),
-                             ("--cutmix", "ALPHA", "CutMix's alpha, e.g. 1.0"),
-                             ("--label-smoothing", "EPS", "label smoothing, e.g. 0.1")):
-        p.add_argument(flag, type=float, default=None, metavar=meta, help=f"{what} (default off)")
+    for flag, meta, what in (("--mixup", "ALPHA", "MixUp's alpha, e.g. 0.2 (default off)"),
+                             ("--cutmix", "ALPHA", "CutMix's alpha, e.g. 1.0 (default off)"),
+                             ("--label-smoothing", "EPS",
+                              "label smoothing, e.g. 0.1 (default: 0.1 where the recipe is "
+                              "chosen and is full, 20-100 images a class; else off)")):
+        p.add_argument(flag, type=float, default=None, metavar=meta, help=what)
     p.add_argument("--class-weights", choices=("balanced",), default=None,
                    help="weigh the loss by inverse class frequency (default off)")
     p.set_defaults(func=train.cmd_train, parser=p)

@@ -32,6 +32,7 @@ from transferkit.errors import ConfigError
 from transferkit.recipes.budget import (
     Choice,
     default_epochs,
+    default_label_smoothing,
     default_recipe,
     default_recipe_lr,
 )
@@ -428,8 +429,9 @@ def fine_tune(
             ``train`` is tensors.
         recipe: The recipe's name; default from the data
             (:func:`~transferkit.recipes.budget.default_recipe`: ``full`` from 20 to 100
-            training images a class, ``lp_ft`` at ``full``'s 1e-2/1e-3 below and above;
-            for a loader that cannot say its size,
+            training images a class, with ``label_smoothing=0.1`` unless given
+            (:func:`~transferkit.recipes.budget.default_label_smoothing`), ``lp_ft`` at
+            ``full``'s 1e-2/1e-3 below and above; for a loader that cannot say its size,
             :data:`~transferkit.recipes.table.DEFAULT_RECIPE`).
         epochs: Total epochs, all phases together (``lp_ft`` needs at least 2); default
             from the number of training images (``default_epochs``).
@@ -523,6 +525,10 @@ def fine_tune(
         if lr is None and (rule_lr := default_recipe_lr(n_train, n_classes)) is not None:
             settings.insert(1, rule_lr)  # the tier's head LR; the body's follows at the ratio
             lr = rule_lr.value
+        if not {"label_smoothing", "loss_fn"} & trainer_kwargs.keys() and (
+                rule_ls := default_label_smoothing(n_train, n_classes)) is not None:
+            settings.insert(1, rule_ls)  # full's tier: no LR line before it
+            trainer_kwargs["label_smoothing"] = rule_ls.value
     epochs = _length(train, epochs, steps, settings)
     lr_ = check_lr(lr, body_lr)
     body_lr_ = (None if body_lr is None
