@@ -11,7 +11,7 @@ data sets built offline, and ``docs/recipes.md`` holds its table.
   probe, then everything) at ``full``'s LRs (:data:`LP_FT_FAST_LR`) below and above: at
   10 images a class ``lp_ft`` at 1e-2/1e-3 was 1.4 points ahead of ``full`` and 1.7 ahead
   of ``lp_ft`` at its own 1e-3/1e-4, at 30 a class ``full`` was 0.5 to 1.6 points ahead of
-  it (tied on photos; with label smoothing 2.3 to 3.5 points on fm30 and photos), and at 100 and
+  it (tied on photos; with label smoothing 0.6 to 3.5 points, photos included), and at 100 and
   1,000 a class ``lp_ft`` was 0.4 and 1.0 points ahead of ``full`` in half its time (its
   probe half trains on cached features); means of two seeds each, docs/recipes.md.
 - **Batch size**: about ``N / 16`` images (a power of two, 16..256), so a small data set
