@@ -469,6 +469,28 @@ def test_separate_val_and_test_folders(capsys, tmp_path) -> None:
     assert meta.extra["splits"][1] == f"validation: {val} (4 images)"
 
 
+def test_full_s_tier_smooths_labels_and_config_toml_repeats_it(capsys, tmp_path) -> None:
+    # 20 training images a class: full's tier, so label smoothing 0.1 is chosen, said, in
+    # the report and in config.toml (a repeat through --config names the recipe, which
+    # alone would not smooth); --label-smoothing 0 keeps it off.
+    data = tmp_path / "data"
+    for split, n in (("train", 20), ("val", 2)):
+        _classes(data / split, n, size=8)
+    code, _, err = run(capsys, "train", "--data", data, "--out", tmp_path / "a",
+                       *_fast("--epochs", "1"))
+    assert code == 0, err
+    assert "chose recipe full: 40 training images, 20 a class (20 to 100)" in err
+    assert "chose label_smoothing 0.1: 20 a class (20 to 100): full's default" in err
+    assert "- chose label_smoothing 0.1: 20 a class" in (tmp_path / "a" / "report.md").read_text()
+    written = (tmp_path / "a" / "config.toml").read_text().splitlines()
+    assert 'recipe = "full"' in written and "label-smoothing = 0.1" in written
+    code, _, err = run(capsys, "train", "--data", data, "--out", tmp_path / "b",
+                       "--label-smoothing", "0", *_fast("--epochs", "1"))
+    assert code == 0, err
+    assert "chose label_smoothing" not in err
+    assert "label-smoothing = 0.0" in (tmp_path / "b" / "config.toml").read_text().splitlines()
+
+
 def test_defaults_are_chosen_from_the_data_and_said(capsys, tmp_path) -> None:
     data, out = _split(tmp_path / "data", mode="L"), tmp_path / "run"
     code, _, err = run(capsys, "train", "--data", data, "--out", out, *_fast("--epochs", "2"))
