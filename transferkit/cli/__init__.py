@@ -31,7 +31,11 @@ from transferkit._version import __version__
 from transferkit.cli import catalog, config, export, predict, train
 from transferkit.data.augment import AUGMENT_PRESETS
 from transferkit.errors import TransferKitError
-from transferkit.recipes.budget import LP_FT_BELOW_PER_CLASS, LP_FT_FAST_FROM_PER_CLASS
+from transferkit.recipes.budget import (
+    LABEL_SMOOTHING,
+    LP_FT_BELOW_PER_CLASS,
+    LP_FT_FAST_FROM_PER_CLASS,
+)
 from transferkit.train.ema import check_ema
 from transferkit.train.tta import TTA_MODES
 
@@ -184,8 +188,10 @@ def build_parser() -> argparse.ArgumentParser:
     for flag, meta, what in (("--mixup", "ALPHA", "MixUp's alpha, e.g. 0.2 (default off)"),
                              ("--cutmix", "ALPHA", "CutMix's alpha, e.g. 1.0 (default off)"),
                              ("--label-smoothing", "EPS",
-                              "label smoothing, e.g. 0.1 (default: 0.1 where the recipe is "
-                              "chosen and is full, 20-100 images a class; else off)")):
+                              f"label smoothing, e.g. 0.1 (default: {LABEL_SMOOTHING} where "
+                              "the recipe is chosen and is full, "
+                              f"{LP_FT_BELOW_PER_CLASS}-{LP_FT_FAST_FROM_PER_CLASS} images a "
+                              "class; else off)")):
         p.add_argument(flag, type=float, default=None, metavar=meta, help=what)
     p.add_argument("--class-weights", choices=("balanced",), default=None,
                    help="weigh the loss by inverse class frequency (default off)")

@@ -218,8 +218,8 @@ def default_label_smoothing(num_samples: int | None, num_classes: int) -> Choice
 def _tier(num_samples: int, num_classes: int) -> tuple[int, float, str]:
     """The checked image count, the images a class, and their tier: ``"few"`` (below
     :data:`LP_FT_BELOW_PER_CLASS`), ``"full"`` or ``"many"`` (from
-    :data:`LP_FT_FAST_FROM_PER_CLASS`): the one place :func:`default_recipe` and
-    :func:`default_recipe_lr` read the boundaries."""
+    :data:`LP_FT_FAST_FROM_PER_CLASS`): the one place :func:`default_recipe`,
+    :func:`default_recipe_lr` and :func:`default_label_smoothing` read the boundaries."""
     n = _validate.positive_int("num_samples", num_samples)
     per_class = n / _validate.positive_int("num_classes", num_classes)
     if per_class < LP_FT_BELOW_PER_CLASS:
