@@ -118,8 +118,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--body-lr", type=float, default=None,
                    help="body LR (default: --lr times the recipe's ratio)")
     p.add_argument("--augment", choices=tuple(AUGMENT_PRESETS), default=None,
-                   help="augmentation preset (default: light, random shifts; none with "
-                        "--freeze-stages)")
+                   help="augmentation preset (default: fine_tune chooses it: light random "
+                        "shifts up to about 11,000 training images, none past them or "
+                        "with --freeze-stages)")
     p.add_argument("--freeze-stages", type=int, default=0, metavar="K",
                    help="keep the stem and the next K-1 stages frozen, their output cached "
                         "once (fine_tune(freeze_stages=K); the full arm only with --compare). "

@@ -2,7 +2,8 @@
 
 Rank 0 writes ``multilabel.json`` into ``out_dir``: the validation mAP and F1 the Trainer
 reported (each rank evaluates its own share of an odd-sized split; the logits are
-gathered) and the same metrics computed in this one process over the whole split.
+gathered) and the same metrics computed in this one process over the whole split, and
+the Gloo threads left after ``cleanup()`` (none: the group is gone).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
+from ddp_train import gloo_threads  # this script's folder is first on sys.path
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -41,8 +43,11 @@ def main() -> None:
     f1 = per_class_scores(logits, val.tensors[1])["f1"]
     weights = [torch.zeros(3) for _ in range(dist.get_world_size())]
     dist.all_gather(weights, trainer.class_weights)
-    if dist.get_rank() == 0:
+    rank = dist.get_rank()
+    cleanup()
+    if rank == 0:
         (out_dir / "multilabel.json").write_text(json.dumps({
+            "gloo_threads_after_cleanup": gloo_threads(),
             "map": found["map"], "f1": found["f1"], "count": found["count"],
             "expected_map": expected_map, "expected_f1": f1[~f1.isnan()].mean().item(),
             "history_keys": sorted(history[-1]), "same_weights": bool(
@@ -50,7 +55,6 @@ def main() -> None:
             "weights": trainer.class_weights.tolist(),
             "expected_weights": ((37 - train.tensors[1].sum(0)) / train.tensors[1].sum(0))
             .tolist()}))
-    cleanup()
 
 
 if __name__ == "__main__":

@@ -53,6 +53,14 @@ from torch.utils.data import DataLoader, IterableDataset
 from transferkit.errors import ConfigError, DataError
 from transferkit.train.samplers import find_share, fingerprint, shard_loader
 
+if dist.is_available():
+    # Imported before any process group exists, on purpose: torch.distributed.nn binds
+    # ``group=group.WORLD`` as default arguments when first imported (the first optimizer
+    # imports it, through torch._dynamo). Imported after init_process_group, those defaults
+    # hold the group for good, so destroy_process_group() cannot join Gloo's threads and
+    # the process can abort at exit ("terminate called without an active exception").
+    import torch.distributed.nn  # noqa: F401
+
 __all__ = [
     "DistInfo",
     "all_gather_rows",
@@ -130,7 +138,9 @@ def cleanup() -> None:
 
     Also runs at exit for a group the Trainer initialised. The group's worker threads stop
     only once nothing holds the group any more: the Trainer drops its DDP wrapper when
-    ``fit()`` returns, but a DDP model of your own must be deleted before this call.
+    ``fit()`` returns, but a DDP model of your own must be deleted before this call. If you
+    initialise the group yourself, import transferkit (or ``torch.distributed.nn``) first:
+    that module, imported later, keeps the group as its functions' default argument.
     """
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
