@@ -11,6 +11,9 @@ Three arms, each in its own process, one after the other:
   overrides are passed): when the example's defaults change, this arm follows.
 - ``tk_full``: like for like, ``transferkit.fine_tune(recipe="full", channels_last=True)``
   with everything training, the example's loaders and settings (AdamW, warm-up + cosine).
+  ``--tk-betas``, ``--tk-eps``, ``--tk-warmup`` and ``--tk-weight-decay`` change this arm
+  alone, one fastai default at a time (AdamW's betas and eps are set in its own process):
+  which of fastai's defaults makes a difference.
 
 Every arm starts from ``transferkit.create("efficientnet_lite0", num_classes=10,
 in_chans=1)`` (after ``torch.manual_seed(seed)``), trains on the example's split of the
@@ -31,6 +34,8 @@ Usage::
 
     python benchmarks/peer_fastai.py            # about 15-20 minutes on 2 cores
     python benchmarks/peer_fastai.py --quick    # 1,000 images, 1 epoch, 32 px (tests)
+    python benchmarks/peer_fastai.py --arms tk_full --epochs 4 --batch-size 256 \
+        --image-size 32 --lr 1e-2 --tk-betas 0.9,0.99 --tk-eps 1e-5   # fastai's Adam
 """
 
 from __future__ import annotations
@@ -62,6 +67,7 @@ BENCH_PYTHON = ROOT / ".venv-bench" / "bin" / "python"
 ARMS = ("fastai", "tk_default", "tk_full")
 EXTRA_ARMS = ("fastai_fine_tune",)
 QUICK_SUBSET = 1000
+TK_KNOBS = ("tk_betas", "tk_eps", "tk_warmup", "tk_weight_decay")  # tk_full arm only
 
 
 # ----------------------------------------------------------------------------- shared
@@ -176,15 +182,32 @@ def child_fastai(cfg: dict[str, Any], out: Path) -> dict[str, Any]:
             "train_batches": len(dls.train), "library": f"fastai {fastai.__version__}"}
 
 
+def _set_adamw(betas: list[float] | None, eps: float | None) -> None:
+    """Make every ``torch.optim.AdamW`` of this process use ``betas``/``eps`` (if given)."""
+    given = {k: v for k, v in (("betas", betas and tuple(betas)), ("eps", eps)) if v is not None}
+    if not given:
+        return
+    base = torch.optim.AdamW
+
+    class AdamW(base):  # type: ignore[misc, valid-type]
+        def __init__(self, params: Any, **kwargs: Any) -> None:
+            super().__init__(params, **{**kwargs, **given})
+
+    torch.optim.AdamW = AdamW  # type: ignore[misc]
+
+
 def child_tk_full(cfg: dict[str, Any], out: Path) -> dict[str, Any]:
     """transferkit like for like: the example's fine_tune call with nothing frozen."""
     import transferkit as tk
 
+    _set_adamw(cfg.get("tk_betas"), cfg.get("tk_eps"))
     start = time.perf_counter()
     data, model, loader, train_idx, val_idx = _child_data(cfg)
     train, val = loader(train_idx, shuffle=True), loader(val_idx, shuffle=False)
     fit_start = time.perf_counter()
     given = {k: cfg[k] for k in ("weight_decay", "warmup") if cfg[k] is not None}
+    given.update({k: cfg[f"tk_{k}"] for k in ("weight_decay", "warmup")
+                  if cfg.get(f"tk_{k}") is not None})
     result = tk.fine_tune(model, train, val, recipe="full", epochs=cfg["epochs"],
                           lr=cfg["head_lr"], body_lr=cfg["body_lr"], channels_last=True,
                           monitor="val_acc", device="cpu", seed=cfg["seed"], progress=False,
@@ -192,9 +215,18 @@ def child_tk_full(cfg: dict[str, Any], out: Path) -> dict[str, Any]:
     fit_s = time.perf_counter() - fit_start
     tk.save_model(model, out / "model.safetensors", backbone=BACKBONE,
                   class_names=data.classes, image_size=cfg["image_size"])
+    adamw = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))]).defaults  # as patched
     return {"work_s": round(time.perf_counter() - start, 1), "fit_s": round(fit_s, 1),
             "epochs": len(result.history), "val_acc": round(result.history[-1]["val_acc"], 4),
-            "train_batches": len(train), "library": f"transferkit {tk.__version__}"}
+            "train_batches": len(train), "library": f"transferkit {tk.__version__}",
+            "variant": variant(cfg), "betas": list(adamw["betas"]),
+            "eps": adamw["eps"], **given}
+
+
+def variant(cfg: dict[str, Any]) -> str:
+    """The tk_full arm's changes from the Trainer's defaults, as the table shows them."""
+    parts = [f"{k.removeprefix('tk_')} {cfg[k]}" for k in TK_KNOBS if cfg.get(k) is not None]
+    return ", ".join(parts).replace("[", "(").replace("]", ")") or "-"
 
 
 def child_main(arm: str, config: Path) -> int:
@@ -253,7 +285,8 @@ def run_arm(arm: str, args: argparse.Namespace, budget: dict[str, Any], out: Pat
                *threads, *overrides]
     else:
         config = arm_out / "config.json"
-        config.write_text(json.dumps({**budget, "threads": args.threads}))
+        knobs = {n: getattr(args, n) for n in TK_KNOBS}
+        config.write_text(json.dumps({**budget, **knobs, "threads": args.threads}))
         python = args.fastai_python if arm.startswith("fastai") else sys.executable
         cmd = [python, __file__, "--child", arm, "--config", str(config)]
     ran = launch(cmd, arm_out / "stderr.log")
@@ -281,6 +314,16 @@ def main(argv: list[str] | None = None) -> int:
                    help="head LR (the body's follows the recipe's ratio); default: the example's")
     p.add_argument("--subset", type=int, default=None,
                    help="N training images and N // 5 test images, as the example's --subset")
+    p.add_argument("--seed", type=int, default=None, help="default: the example's")
+    p.add_argument("--tk-betas", default=None, metavar="B1,B2",
+                   help="AdamW's betas in the tk_full arm (fastai's: 0.9,0.99); default: "
+                        "the Trainer's")
+    p.add_argument("--tk-eps", type=float, default=None,
+                   help="AdamW's eps in the tk_full arm (fastai's: 1e-5)")
+    p.add_argument("--tk-warmup", type=float, default=None,
+                   help="warm-up fraction in the tk_full arm (fastai's one cycle: 0.25)")
+    p.add_argument("--tk-weight-decay", type=float, default=None,
+                   help="weight decay in the tk_full arm (fastai's: 0.01)")
     p.add_argument("--threads", type=int, default=1, help="torch threads in every arm")
     p.add_argument("--fastai-python", default=None,
                    help="python that imports fastai (default: this one, else .venv-bench)")
@@ -294,6 +337,16 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [a for a in arms if a not in ARMS + EXTRA_ARMS]
     if unknown or not arms:
         p.error(f"--arms: unknown {unknown or arms}; choose from {', '.join(ARMS + EXTRA_ARMS)}")
+    tk_given = [n for n in TK_KNOBS if getattr(args, n) is not None]
+    if tk_given and "tk_full" not in arms:
+        p.error(f"--{tk_given[0].replace('_', '-')} changes the tk_full arm; add it to --arms")
+    if args.tk_betas is not None:
+        try:
+            args.tk_betas = [float(b) for b in args.tk_betas.split(",")]
+        except ValueError:
+            args.tk_betas = []
+        if len(args.tk_betas) != 2 or not all(0 <= b < 1 for b in args.tk_betas):
+            p.error("--tk-betas: two numbers in [0, 1), e.g. 0.9,0.99")
     if args.quick:
         args.subset = args.subset or QUICK_SUBSET
         args.epochs = args.epochs or 1
@@ -303,7 +356,7 @@ def main(argv: list[str] | None = None) -> int:
 
     ex = example_defaults()
     overrides: list[str] = []
-    for name in ("epochs", "batch_size", "image_size", "lr", "subset"):
+    for name in ("epochs", "batch_size", "image_size", "lr", "subset", "seed"):
         value = getattr(args, name)
         if value is not None:
             overrides += [f"--{name.replace('_', '-')}", str(value)]
@@ -357,7 +410,8 @@ def main(argv: list[str] | None = None) -> int:
             r["work_vs_fastai"] = round(r["work_s"] / base["work_s"], 3)
             r["cpu_vs_fastai"] = round(r["cpu_s"] / base["cpu_s"], 3)
     print(markdown_table(rows, [
-        ("arm", "arm"), ("library", "library"), ("epochs", "epochs"),
+        ("arm", "arm"), ("library", "library"), ("variant", "tk_full changes"),
+        ("epochs", "epochs"),
         ("val_acc", "val acc"), ("test_acc", "test acc (shared eval)"),
         ("process_s", "process s"), ("work_s", "work s"), ("cpu_s", "CPU s"),
         ("peak_rss_mb", "peak RSS MiB"), ("process_vs_fastai", "process / fastai"),

@@ -100,3 +100,26 @@ def test_without_the_default_arm_the_open_settings_must_be_given(tmp_path: Path)
 def test_unknown_arm_is_a_usage_error(tmp_path: Path) -> None:
     proc = _run(tmp_path, "--arms", "tk_default,fastia")
     assert proc.returncode == 2 and "unknown ['fastia']" in proc.stderr
+
+
+@needs_data
+def test_tk_full_takes_fastai_s_defaults_one_at_a_time(tmp_path: Path) -> None:
+    result = _result(_run(tmp_path, *QUICK, "--arms", "tk_full", "--batch-size", "64",
+                          "--lr", "0.01", "--seed", "1", "--tk-betas", "0.9,0.99",
+                          "--tk-eps", "1e-5", "--tk-warmup", "0.25"))
+    (arm,) = result["arms"]
+    # AdamW in the child took the betas and eps; fine_tune the warm-up; the rest as before.
+    assert (arm["betas"], arm["eps"], arm["warmup"]) == ([0.9, 0.99], 1e-5, 0.25)
+    assert "weight_decay" not in arm and result["budget"]["seed"] == 1
+    assert arm["variant"] == "betas (0.9, 0.99), eps 1e-05, warmup 0.25"
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--arms", "tk_default", "--tk-eps", "1e-5"],
+     "--tk-eps changes the tk_full arm; add it to --arms"),
+    (["--arms", "tk_full", "--tk-betas", "0.9"], "--tk-betas: two numbers in [0, 1)"),
+    (["--arms", "tk_full", "--tk-betas", "0.9,x"], "--tk-betas: two numbers in [0, 1)"),
+])
+def test_tk_full_options_are_checked_before_any_arm_runs(tmp_path, args, message):
+    proc = _run(tmp_path, "--quick", *args)
+    assert proc.returncode == 2 and message in proc.stderr
