@@ -347,6 +347,12 @@ def main(argv: list[str] | None = None) -> int:
             args.tk_betas = []
         if len(args.tk_betas) != 2 or not all(0 <= b < 1 for b in args.tk_betas):
             p.error("--tk-betas: two numbers in [0, 1), e.g. 0.9,0.99")
+    for name, ok, rule in (("tk_eps", lambda v: v > 0, "> 0"),
+                           ("tk_warmup", lambda v: 0 <= v < 1, "in [0, 1)"),
+                           ("tk_weight_decay", lambda v: v >= 0, ">= 0")):
+        value = getattr(args, name)
+        if value is not None and not ok(value):
+            p.error(f"--{name.replace('_', '-')} must be {rule} (got {value:g})")
     if args.quick:
         args.subset = args.subset or QUICK_SUBSET
         args.epochs = args.epochs or 1

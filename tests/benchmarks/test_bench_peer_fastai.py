@@ -119,6 +119,10 @@ def test_tk_full_takes_fastai_s_defaults_one_at_a_time(tmp_path: Path) -> None:
      "--tk-eps changes the tk_full arm; add it to --arms"),
     (["--arms", "tk_full", "--tk-betas", "0.9"], "--tk-betas: two numbers in [0, 1)"),
     (["--arms", "tk_full", "--tk-betas", "0.9,x"], "--tk-betas: two numbers in [0, 1)"),
+    (["--arms", "tk_full", "--tk-eps", "0"], "--tk-eps must be > 0 (got 0)"),
+    (["--arms", "tk_full", "--tk-warmup", "1"], "--tk-warmup must be in [0, 1) (got 1)"),
+    (["--arms", "tk_full", "--tk-weight-decay", "-0.1"],
+     "--tk-weight-decay must be >= 0 (got -0.1)"),
 ])
 def test_tk_full_options_are_checked_before_any_arm_runs(tmp_path, args, message):
     proc = _run(tmp_path, "--quick", *args)
