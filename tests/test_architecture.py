@@ -65,8 +65,19 @@ def _layer(module: str) -> str:
 
 
 def _imports(tree: ast.Module, module: str, is_package: bool):
-    """Yield (imported module, imported names, line, at module level) for every import."""
-    top_level = {id(node) for node in tree.body}
+    """Yield (imported module, imported names, line, at module level) for every import.
+
+    Module level includes the bodies of module-level ``if`` and ``try`` statements (an
+    import guarded by ``if dist.is_available():`` still runs at import time).
+    """
+    top_level: set[int] = set()
+    pending = list(tree.body)
+    while pending:
+        node = pending.pop()
+        top_level.add(id(node))
+        if isinstance(node, ast.If | ast.Try):
+            pending += [*node.body, *node.orelse, *getattr(node, "finalbody", [])]
+            pending += [n for h in getattr(node, "handlers", []) for n in h.body]
     type_checking = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
@@ -145,6 +156,20 @@ def test_the_check_finds_each_kind_of_violation(
     (fake / "data" / "bad.py").write_text(source)
     found = _violations(fake)
     assert len(found) == 1 and expected in found[0], found
+
+
+def test_a_guarded_import_at_module_level_is_at_module_level(tmp_path: Path) -> None:
+    fake = tmp_path / "transferkit"
+    (fake / "data").mkdir(parents=True)
+    (fake / "__init__.py").write_text("")
+    (fake / "data" / "__init__.py").write_text("")
+    (fake / "data" / "ok.py").write_text(
+        "import sys\nif sys.platform:\n    import PIL\ntry:\n    import numpy\n"
+        "except ImportError:\n    numpy = None\n")
+    (fake / "data" / "bad.py").write_text("class C:\n    def f(self):\n"
+                                          "        if True:\n            import PIL\n")
+    assert _violations(fake) == [
+        f"{Path('transferkit/data/bad.py')}:4: imports PIL inside a function"]
 
 
 def test_every_subpackage_is_a_known_layer() -> None:
