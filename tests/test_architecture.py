@@ -137,6 +137,17 @@ def test_imports_follow_the_layers() -> None:
     assert _violations() == []
 
 
+def _fake_package(tmp_path: Path, **modules: str) -> Path:
+    """Write a package ``transferkit`` whose ``data`` layer holds ``modules`` (name: source)."""
+    fake = tmp_path / "transferkit"
+    (fake / "data").mkdir(parents=True)
+    (fake / "__init__.py").write_text("")
+    (fake / "data" / "__init__.py").write_text("")
+    for name, source in modules.items():
+        (fake / "data" / f"{name}.py").write_text(source)
+    return fake
+
+
 @pytest.mark.parametrize(
     "source,expected",
     [
@@ -149,25 +160,16 @@ def test_imports_follow_the_layers() -> None:
 def test_the_check_finds_each_kind_of_violation(
     tmp_path: Path, source: str, expected: str
 ) -> None:
-    fake = tmp_path / "transferkit"
-    (fake / "data").mkdir(parents=True)
-    (fake / "__init__.py").write_text("")
-    (fake / "data" / "__init__.py").write_text("")
-    (fake / "data" / "bad.py").write_text(source)
-    found = _violations(fake)
+    found = _violations(_fake_package(tmp_path, bad=source))
     assert len(found) == 1 and expected in found[0], found
 
 
 def test_a_guarded_import_at_module_level_is_at_module_level(tmp_path: Path) -> None:
-    fake = tmp_path / "transferkit"
-    (fake / "data").mkdir(parents=True)
-    (fake / "__init__.py").write_text("")
-    (fake / "data" / "__init__.py").write_text("")
-    (fake / "data" / "ok.py").write_text(
-        "import sys\nif sys.platform:\n    import PIL\ntry:\n    import numpy\n"
-        "except ImportError:\n    numpy = None\n")
-    (fake / "data" / "bad.py").write_text("class C:\n    def f(self):\n"
-                                          "        if True:\n            import PIL\n")
+    fake = _fake_package(
+        tmp_path,
+        ok="import sys\nif sys.platform:\n    import PIL\ntry:\n    import numpy\n"
+           "except ImportError:\n    numpy = None\n",
+        bad="class C:\n    def f(self):\n        if True:\n            import PIL\n")
     assert _violations(fake) == [
         f"{Path('transferkit/data/bad.py')}:4: imports PIL inside a function"]
 
