@@ -75,6 +75,7 @@ from transferkit.data import AUGMENT_PRESETS, TensorLoader, fashion_mnist
 from transferkit.errors import TransferKitError, WeightsNotFoundError
 from transferkit.recipes import PROBE_LR, Choice, default_image_size
 from transferkit.recipes.budget import default_passes
+from transferkit.recipes.inputs import AUGMENT_NONE_FROM
 from transferkit.report import write_run_report
 from transferkit.train import TTA_MODES, select_device
 
@@ -119,8 +120,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="body LR (default: --lr times the recipe's ratio)")
     p.add_argument("--augment", choices=tuple(AUGMENT_PRESETS), default=None,
                    help="augmentation preset (default: fine_tune chooses it: light random "
-                        "shifts up to about 11,000 training images, none past them or "
-                        "with --freeze-stages)")
+                        f"shifts up to about {round(AUGMENT_NONE_FROM, -3):,} training "
+                        "images, none past them or with --freeze-stages)")
     p.add_argument("--freeze-stages", type=int, default=0, metavar="K",
                    help="keep the stem and the next K-1 stages frozen, their output cached "
                         "once (fine_tune(freeze_stages=K); the full arm only with --compare). "

@@ -30,7 +30,12 @@ from transferkit.recipes.budget import (
     default_passes,
     default_recipe_lr,
 )
-from transferkit.recipes.inputs import AUGMENT_MIN_EPOCHS, build_inputs, num_samples
+from transferkit.recipes.inputs import (
+    AUGMENT_MIN_EPOCHS,
+    AUGMENT_NONE_FROM,
+    build_inputs,
+    num_samples,
+)
 
 
 @pytest.mark.parametrize("n, batch", [(1, 16), (100, 16), (300, 16), (500, 32), (1000, 64),
@@ -148,6 +153,7 @@ def test_a_short_default_run_is_not_augmented(n, augment):
     (choice,) = [c for c in inputs.choices if c.name == "augment"]
     assert choice.value == augment
     assert (default_epochs(n) < AUGMENT_MIN_EPOCHS) == (augment == "none")
+    assert (n >= AUGMENT_NONE_FROM) == (augment == "none")
     if augment == "none":
         assert choice.why == (f"{n} training images: a default run of {default_epochs(n)} "
                               f"epochs (under {AUGMENT_MIN_EPOCHS}) underfits, and "
@@ -156,6 +162,13 @@ def test_a_short_default_run_is_not_augmented(n, augment):
     inputs = build_inputs(_model(), (images, torch.arange(n) % 4), None, batch_size=None,
                           image_size=None, augment="standard", seed=0)
     assert not [c for c in inputs.choices if c.name == "augment"]
+
+
+def test_augment_none_from_is_where_the_default_run_gets_short():
+    # The boundary the help texts quote ("about 11,000") is the rule's own.
+    assert default_epochs(AUGMENT_NONE_FROM) < AUGMENT_MIN_EPOCHS
+    assert default_epochs(AUGMENT_NONE_FROM - 1) >= AUGMENT_MIN_EPOCHS
+    assert AUGMENT_NONE_FROM == 11_081
 
 
 def test_the_shift_is_sized_from_the_stored_images_not_the_training_size():

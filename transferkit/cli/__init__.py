@@ -36,6 +36,7 @@ from transferkit.recipes.budget import (
     LP_FT_BELOW_PER_CLASS,
     LP_FT_FAST_FROM_PER_CLASS,
 )
+from transferkit.recipes.inputs import AUGMENT_NONE_FROM
 from transferkit.train.ema import check_ema
 from transferkit.train.tta import TTA_MODES
 
@@ -153,7 +154,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="keep the stem and K-1 stages frozen, cached once (default 0)")
     p.add_argument("--augment", choices=tuple(AUGMENT_PRESETS), default=None,
                    help="augmentation preset (default: light, shifts without flips; none "
-                        "past about 11,000 training images)")
+                        f"past about {round(AUGMENT_NONE_FROM, -3):,} training images)")
     p.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32")
     p.add_argument("--patience", type=_positive_int, default=None, metavar="N",
                    help="stop early after N epochs without a better validation loss "

@@ -30,7 +30,8 @@ from transferkit.recipes.budget import (
 from transferkit.recipes.feature_loader import batch_size_of
 from transferkit.train.batch_checks import data_len
 
-__all__ = ["DEFAULT_AUGMENT", "Inputs", "as_pair", "build_inputs", "num_samples"]
+__all__ = ["AUGMENT_NONE_FROM", "DEFAULT_AUGMENT", "Inputs", "as_pair", "build_inputs",
+           "num_samples"]
 
 #: The augmentation preset used when ``fine_tune`` batches tensors and none is given.
 DEFAULT_AUGMENT = "light"
@@ -40,6 +41,23 @@ DEFAULT_AUGMENT = "light"
 #: accuracy (train 90.2%), without them 91.08% (docs/benchmarks.md, peer_fastai.py's
 #: tk_default arm). The boundary itself is not swept.
 AUGMENT_MIN_EPOCHS = 10
+
+
+def _fewest_images_under(epochs: int) -> int:
+    """The fewest training images whose default run is shorter than ``epochs`` epochs
+    (``default_epochs`` never grows with the images, so bisection finds it)."""
+    low, high = 1, 1
+    while default_epochs(high) >= epochs:
+        high *= 2
+    while low < high:
+        mid = (low + high) // 2
+        low, high = (low, mid) if default_epochs(mid) < epochs else (mid + 1, high)
+    return low
+
+
+#: The fewest training images whose default run is under :data:`AUGMENT_MIN_EPOCHS` epochs
+#: (11,081): from there ``fine_tune`` does not augment unless told to. Help texts quote it.
+AUGMENT_NONE_FROM = _fewest_images_under(AUGMENT_MIN_EPOCHS)
 
 
 @dataclass
