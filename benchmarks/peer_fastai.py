@@ -225,8 +225,9 @@ def child_tk_full(cfg: dict[str, Any], out: Path) -> dict[str, Any]:
 
 def variant(cfg: dict[str, Any]) -> str:
     """The tk_full arm's changes from the Trainer's defaults, as the table shows them."""
-    parts = [f"{k.removeprefix('tk_')} {cfg[k]}" for k in TK_KNOBS if cfg.get(k) is not None]
-    return ", ".join(parts).replace("[", "(").replace("]", ")") or "-"
+    parts = [f"{k.removeprefix('tk_')} {tuple(v) if isinstance(v, list) else v}"
+             for k in TK_KNOBS if (v := cfg.get(k)) is not None]
+    return ", ".join(parts) or "-"
 
 
 def child_main(arm: str, config: Path) -> int:
