@@ -31,6 +31,8 @@ Usage::
     python benchmarks/pipeline_overhead.py              # ResNet-18, 64 px, 10 x 64, 7 pairs
     python benchmarks/pipeline_overhead.py --augment    # the full training transform
     python benchmarks/pipeline_overhead.py --quick      # seconds: tiny CNN, synthetic data
+    python benchmarks/pipeline_overhead.py --backbone efficientnet_lite0 --channels-last \
+        --size 224 --batches 3 --repeats 3   # the default backbone, as fine_tune runs it
 
 The last line printed is ``RESULT {json}``.
 """
@@ -64,17 +66,18 @@ TARGET = 1.05
 LR = 1e-3
 
 
-def build_model(quick: bool) -> nn.Module:
-    """Return the model trained: ResNet-18 (random init) for 1-channel images, 10 classes.
+def build_model(quick: bool, backbone: str = "resnet18") -> nn.Module:
+    """Return the model trained: ``backbone`` (random init) for 1-channel images, 10 classes.
 
     Args:
         quick: A tiny CNN instead (``--quick``).
+        backbone: A registry name (``--backbone``, default ResNet-18).
     """
     if quick:
         return tiny_cnn()
     import transferkit
 
-    return transferkit.create("resnet18", 10, in_chans=1, pretrained=False)
+    return transferkit.create(backbone, 10, in_chans=1, pretrained=False)
 
 
 def load_images(n: int, synthetic: bool) -> tuple[torch.Tensor, torch.Tensor, str]:
@@ -125,27 +128,34 @@ def preload(loader: TensorLoader) -> list[tuple[torch.Tensor, torch.Tensor]]:
     return batches
 
 
-def train_epoch(model: nn.Module, data: Iterable[Any], loop: str) -> tuple[float, float, float]:
+def train_epoch(model: nn.Module, data: Iterable[Any], loop: str,
+                channels_last: bool = False) -> tuple[float, float, float]:
     """Train ``model`` for one epoch over ``data``; return wall and CPU seconds, final loss.
 
     Args:
         model: The model, trained in place (pass a copy).
         data: The batches: a ``TensorLoader`` (set to epoch 0 here) or a list.
         loop: ``"trainer"`` (``Trainer.fit``) or ``"hand"`` (forward, loss, backward, step).
+        channels_last: Train in the channels-last memory format (``fine_tune``'s choice for
+            a convolutional model on the CPU).
     """
     if isinstance(data, TensorLoader):
         data.set_epoch(0)  # the Trainer does this too; the hand loop needs it
     opt = torch.optim.AdamW(model.parameters(), lr=LR)
     if loop == "trainer":
-        trainer = Trainer(model, epochs=1, optimizer=opt, device="cpu", progress=False)
+        trainer = Trainer(model, epochs=1, optimizer=opt, device="cpu", progress=False,
+                          channels_last=channels_last)
         wall, cpu = time.perf_counter(), time.process_time()
         history = trainer.fit(data)
         wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
         return wall, cpu, float(history[-1]["train_loss"])
     model.train()
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    model.to(memory_format=fmt)
     total, count = torch.zeros(()), 0
     wall, cpu = time.perf_counter(), time.process_time()
     for x, y in data:
+        x = x.contiguous(memory_format=fmt)
         loss = F.cross_entropy(model(x), y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -186,13 +196,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     loader = make_loader(images, labels, **kwargs)
     preloaded = preload(loader)
     torch.manual_seed(0)
-    base = build_model(args.quick)
+    base = build_model(args.quick, args.backbone)
 
     # Warm-up (allocator, oneDNN kernel caches, the loader's resize matrices): not measured.
     warm = make_loader(images[: WARMUP_BATCHES * args.batch_size],
                        labels[: WARMUP_BATCHES * args.batch_size], **kwargs)
-    train_epoch(copy.deepcopy(base), warm, args.loop)
-    train_epoch(copy.deepcopy(base), preload(warm), args.loop)
+    train_epoch(copy.deepcopy(base), warm, args.loop, args.channels_last)
+    train_epoch(copy.deepcopy(base), preload(warm), args.loop, args.channels_last)
 
     sides = {"pipeline": loader, "preloaded": preloaded}
     wall: dict[str, list[float]] = {"pipeline": [], "preloaded": []}
@@ -203,7 +213,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     for r in range(args.repeats):
         names = ["pipeline", "preloaded"] if r % 2 == 0 else ["preloaded", "pipeline"]
         for name in names:
-            w, c, last = train_epoch(copy.deepcopy(base), sides[name], args.loop)
+            w, c, last = train_epoch(copy.deepcopy(base), sides[name], args.loop,
+                                     args.channels_last)
             wall[name].append(w)
             cpu[name].append(c)
             loss[name].append(last)
@@ -220,7 +231,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     q1, q3 = _quartiles(ratios)
     load_before = info.pop("load_avg")
     return {
-        "model": "tiny-cnn" if args.quick else "resnet18-1ch",
+        "model": "tiny-cnn" if args.quick else f"{args.backbone}-1ch",
+        "channels_last": args.channels_last,
         "loop": args.loop,
         "size": args.size,
         "augment": args.augment,
@@ -277,6 +289,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                         help="train with Trainer.fit (default) or a hand-written loop")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads for both sides and the loader (default 1)")
+    parser.add_argument("--backbone", default=None,
+                        help="registry name of the model trained, random init (default resnet18)")
+    parser.add_argument("--channels-last", action="store_true",
+                        help="train channels-last, as fine_tune does for a CNN on the CPU")
     parser.add_argument("--synthetic", action="store_true",
                         help="random images instead of FashionMNIST")
     args = parser.parse_args(argv)
@@ -284,6 +300,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     for name, (quick, full) in defaults.items():
         if getattr(args, name) is None:
             setattr(args, name, quick if args.quick else full)
+    if args.quick and args.backbone is not None:
+        parser.error("--quick trains a tiny CNN: leave out --backbone")
+    args.backbone = args.backbone or "resnet18"
     for name in ("threads", "size", "batches", "batch_size", "repeats"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
@@ -296,7 +315,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     aug = " + augmentation" if result["augment"] else ""
     print(
         f"{result['date']}; data: {result['data']}; {result['model']} at {result['size']} px"
-        f"{aug}; loop: {result['loop']}; {result['repeats']} pairs of epochs of "
+        f"{aug}{', channels-last' if result['channels_last'] else ''}; loop: {result['loop']}; "
+        f"{result['repeats']} pairs of epochs of "
         f"{result['batches']} batches of {result['batch_size']}; {result['cpus']} CPUs "
         f"({result['cpu']}); torch threads {result['threads']}; load average "
         f"{result['load_before']} -> {result['load_after']}"

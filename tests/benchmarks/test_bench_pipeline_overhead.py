@@ -83,8 +83,9 @@ def test_preloaded_batches_are_the_pipelines_batches():
     assert float(torch.cat([x for x, _ in batches]).min()) < 0
 
 
-@pytest.mark.parametrize("loop", ["trainer", "hand"])
-def test_both_sides_train_the_same_epoch(loop):
+@pytest.mark.parametrize("loop, channels_last",
+                         [("trainer", False), ("hand", False), ("trainer", True), ("hand", True)])
+def test_both_sides_train_the_same_epoch(loop, channels_last):
     bench = _module()
     torch.manual_seed(0)
     model = bench.build_model(quick=True)
@@ -95,8 +96,18 @@ def test_both_sides_train_the_same_epoch(loop):
     a, b = bench.build_model(quick=True), bench.build_model(quick=True)
     a.load_state_dict(model.state_dict())
     b.load_state_dict(model.state_dict())
-    wall, cpu, loss = bench.train_epoch(a, loader, loop)
-    wall2, cpu2, loss2 = bench.train_epoch(b, batches, loop)
+    wall, cpu, loss = bench.train_epoch(a, loader, loop, channels_last)
+    wall2, cpu2, loss2 = bench.train_epoch(b, batches, loop, channels_last)
+    # --channels-last trains in that format, as fine_tune does on the CPU (a 4-channel conv:
+    # the tiny CNN's 1-channel one is contiguous in both formats).
+    seen = []
+    net = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.Conv2d(4, 4, 3),
+                              torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(),
+                              torch.nn.Linear(4, 10))
+    net[1].register_forward_pre_hook(lambda m, args: seen.append(
+        args[0].is_contiguous(memory_format=torch.channels_last)))
+    bench.train_epoch(net, batches, loop, channels_last)
+    assert seen and set(seen) == {channels_last}
     assert wall > 0 and wall2 > 0 and cpu >= 0 and cpu2 >= 0
     assert loss == pytest.approx(loss2, rel=1e-6) and loss > 0
     for pa, pb in zip(a.parameters(), b.parameters(), strict=True):
@@ -110,3 +121,14 @@ def test_bad_arguments_are_rejected(capsys):
         bench.main(["--quick", "--batches", "0"])
     assert exc.value.code == 2
     assert "--batches must be >= 1, got 0" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:
+        bench.main(["--quick", "--backbone", "efficientnet_lite0"])
+    assert exc.value.code == 2
+    assert "--quick trains a tiny CNN: leave out --backbone" in capsys.readouterr().err
+
+
+def test_build_model_takes_the_backbone():
+    bench = _module()
+    model = bench.build_model(quick=False, backbone="efficientnet_lite0")
+    assert type(model).__name__ == "EfficientNet"
+    assert model(torch.zeros(2, 1, 32, 32)).shape == (2, 10)  # 1 channel in, 10 classes out
