@@ -95,6 +95,7 @@ def child(cfg: dict[str, Any]) -> int:
         "train_s": round(t["train_s"], 2),
         "other_s": round(result.seconds - t["cache_s"] - t["train_s"], 2),
         "eval_s": round(eval_s, 2), "test_acc": round(metrics["acc"], 4),
+        "batch_size": next(c.value for c in result.settings if c.name == "batch_size"),
         "settings": [str(c) for c in result.settings], "notes": result.notes,
         "torch_threads": torch.get_num_threads(),
     })
@@ -132,27 +133,28 @@ def run_cell(n: int, size: int, args: argparse.Namespace, recipe: str,
     return {**row, "status": "measured", "wall_s": round(ran.wall_s, 1),
             "cpu_s": round(ran.cpu_s, 1),
             **{k: r[k] for k in ("startup_s", "startup_rss_mb", "cache_s", "train_s",
-                                  "other_s", "eval_s",
+                                  "other_s", "eval_s", "batch_size",
                                   "test_acc", "settings", "notes")},
             "s_per_1k": round(work / n * 1000, 2)}
 
 
-def predict(done: list[dict[str, Any]], n: int) -> tuple[float, float, str]:
-    """Predict a cell's wall time and peak RSS from the measured cells of its image size.
+def predict(done: list[dict[str, Any]], n: int) -> tuple[float, float, str, int]:
+    """Predict a cell's wall time, peak RSS and batch from the measured cells of its size.
 
     Time: the last cell's wall time plus its caching and training scaled to ``n`` images
-    (start-up and the fixed test set do not grow). Memory: the line through the last two
-    cells, or, from one cell, its growth past the start-up's peak scaled to ``n``.
+    (start-up and the fixed test set do not grow). Memory: the start-up's peak plus the
+    last cell's growth past it, scaled by the batch ``fine_tune`` chooses for ``n`` images
+    over the last cell's batch: the training activations, which grow with the batch, not
+    with the images (the uint8 images themselves are 784 bytes each).
     """
+    from transferkit.recipes import default_batch_size
+
     last = done[-1]
     est = last["wall_s"] + (last["cache_s"] + last["train_s"]) * (n / last["n"] - 1)
-    if len(done) >= 2:
-        prev = done[-2]
-        slope = (last["peak_rss_mb"] - prev["peak_rss_mb"]) / (last["n"] - prev["n"])
-        return est, last["peak_rss_mb"] + max(slope, 0.0) * (n - last["n"]), \
-            f"{prev['n']} and {last['n']}"
     grown = last["peak_rss_mb"] - last["startup_rss_mb"]
-    return est, last["startup_rss_mb"] + grown * n / last["n"], str(last["n"])
+    batch = default_batch_size(n, last["size"])
+    rss = last["startup_rss_mb"] + grown * batch / last["batch_size"]
+    return est, rss, str(last["n"]), batch
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -184,23 +186,25 @@ def main(argv: list[str] | None = None) -> int:
             done = [r for r in rows if r["size"] == size and r["status"] == "measured"]
             row = None
             if done:
-                est, rss, ref = predict(done, n)
+                est, rss, ref, batch = predict(done, n)
                 why = None
                 if est > args.cell_limit:
                     why = f"over --cell-limit {args.cell_limit:.0f} s"
                 elif rss > 0.7 * mem_available_mb():
                     why = f"over 70% of the {mem_available_mb():.0f} MiB available"
                 if why:
-                    row = {"n": n, "size": size, "wall_s": round(est), "peak_rss_mb": round(rss),
-                           "status": f"not run: predicted {est:.0f} s and {rss:.0f} MiB "
-                                     f"(linear from N={ref}), {why}"}
+                    row = {"n": n, "size": size, "batch_size": batch, "wall_s": round(est),
+                           "peak_rss_mb": round(rss),
+                           "status": f"not run: predicted {est:.0f} s (linear from N={ref}) "
+                                     f"and {rss:.0f} MiB (its batch), {why}"}
             if row is None:
                 print(f"cost: {n} images at {size} px ...", flush=True)
                 row = run_cell(n, size, args, recipe, freeze)
             rows.append(row)
             print(f"cost: {row}", flush=True)
     print(markdown_table(rows, [
-        ("n", "images"), ("size", "px"), ("status", "status"), ("wall_s", "wall s"),
+        ("n", "images"), ("size", "px"), ("batch_size", "batch"), ("status", "status"),
+        ("wall_s", "wall s"),
         ("cpu_s", "CPU s"),
         ("startup_s", "startup s"), ("cache_s", "cache s"), ("train_s", "train s"),
         ("other_s", "other s"), ("eval_s", "eval s (test)"), ("s_per_1k", "s / 1k images"),

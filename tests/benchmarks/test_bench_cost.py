@@ -40,7 +40,27 @@ def test_quick_cost_measures_each_cell_and_predicts_what_it_skips() -> None:
     assert "image_size 32" not in " ".join(first["settings"])  # given, not chosen
     assert second["status"].startswith("not run: predicted")
     assert "linear from N=200" in second["status"] and "over --cell-limit 1 s" in second["status"]
-    # Predicted memory: the start-up's peak plus the growth past it, scaled to 400 images.
+    # Predicted memory: the start-up's peak plus the growth past it, scaled by fine_tune's
+    # batch (about N/16: 16 for 200 images, 32 for 400), which holds the activations.
+    assert (first["batch_size"], second["batch_size"]) == (16, 32)
     grown = first["peak_rss_mb"] - first["startup_rss_mb"]
-    assert second["peak_rss_mb"] == round(first["startup_rss_mb"] + 2 * grown)
-    assert "| 400 | 32 | not run: predicted" in proc.stdout
+    assert second["peak_rss_mb"] == round(first["startup_rss_mb"] + grown * 32 / 16)
+    assert "| 400 | 32 | 32 | not run: predicted" in proc.stdout
+
+
+def test_predicted_memory_follows_the_batch_not_the_images() -> None:
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import cost
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    cell = {"n": 1000, "wall_s": 226.0, "cache_s": 0.0, "train_s": 143.0,
+            "startup_rss_mb": 879, "peak_rss_mb": 5854, "batch_size": 64}
+    # 224 px: fine_tune's batch stays 64 (BATCH_PIXELS) from 1,000 to 60,000 images, so
+    # does the memory; the time grows with the images.
+    est, rss, ref, batch = cost.predict([{**cell, "size": 224}], 60000)
+    assert (rss, ref, batch) == (5854, "1000", 64)
+    assert est == pytest.approx(226.0 + 143.0 * 59)
+    # 32 px: the batch grows from 64 to 256, and the growth past start-up with it.
+    _, rss, _, batch = cost.predict([{**cell, "size": 32}], 10000)
+    assert batch == 256 and rss == pytest.approx(879 + (5854 - 879) * 4)

@@ -15,6 +15,7 @@ from transferkit.recipes import (
     DEFAULT_RECIPE,
     RECIPES,
     Choice,
+    batch_size_choice,
     default_batch_size,
     default_epochs,
     default_image_size,
@@ -22,6 +23,7 @@ from transferkit.recipes import (
     fine_tune,
 )
 from transferkit.recipes.budget import (
+    BATCH_PIXELS,
     LABEL_SMOOTHING,
     LP_FT_BELOW_PER_CLASS,
     LP_FT_FAST_FROM_PER_CLASS,
@@ -42,6 +44,28 @@ from transferkit.recipes.inputs import (
                                       (3000, 256), (55000, 256)])
 def test_batch_size_is_about_n_over_16_within_16_and_256(n, batch):
     assert default_batch_size(n) == batch
+
+
+@pytest.mark.parametrize("size, device, batch", [
+    (32, "cpu", 256), (96, "cpu", 256), (128, "cpu", 128), (160, "cpu", 64), (224, "cpu", 64),
+    (448, "cpu", 16), (2000, "cpu", 16), (224, "cuda", 256), (224, "mps", 256)])
+def test_a_default_cpu_batch_holds_at_most_batch_pixels(size, device, batch):
+    # 64 images at 224 px on the CPU (a power of two, at least 16); no cap elsewhere.
+    assert BATCH_PIXELS == {"cpu": 64 * 224 * 224}
+    assert default_batch_size(55000, size, device) == batch
+    assert default_batch_size(300, size, device) == 16  # N/16 is below the cap: unchanged
+
+
+def test_the_batch_choice_says_when_the_cap_binds():
+    free = batch_size_choice(55000, 96)
+    assert (free.value, free.why) == (256, "default for 55000 training images (about N/16, "
+                                           "16..256)")
+    capped = batch_size_choice(55000, 224)
+    assert capped.value == 64 and capped.why.endswith(
+        "at most 3.2e+06 pixels a batch on the cpu (BATCH_PIXELS): 64 at 224 px")
+    assert batch_size_choice(10, 224).value == 10  # never more than the images
+    with pytest.raises(ConfigError, match="image_size must be a positive integer, got 0"):
+        batch_size_choice(100, 0)
 
 
 @pytest.mark.parametrize("n, epochs", [(1, 60), (100, 60), (300, 58), (1000, 32),
@@ -142,6 +166,24 @@ def test_tensors_get_chosen_settings_each_with_a_reason(caplog):
         assert f"chose {s}" in caplog.text
     assert result.trainer.lr == 1e-2 and len(result.history) == 2
     assert [r["body_lr"] / r["lr"] for r in result.history if r["lr"]] == [pytest.approx(0.1)]
+
+
+def test_tensors_at_a_large_size_get_a_batch_capped_by_pixels():
+    # 4,096 images would batch 256; given 224 px on the CPU, 64 (BATCH_PIXELS).
+    images, labels = torch.zeros(4096, 1, 8, 8, dtype=torch.uint8), torch.arange(4096) % 4
+    inputs = build_inputs(_model(), (images, labels), None, batch_size=None, image_size=224,
+                          augment="none", seed=0)
+    chosen = {c.name: c for c in inputs.choices}
+    assert chosen["batch_size"].value == inputs.train.batch_size == 64
+    assert "64 at 224 px" in chosen["batch_size"].why and "image_size" not in chosen
+    given = build_inputs(_model(), (images, labels), None, batch_size=256, image_size=224,
+                         augment="none", seed=0)
+    assert given.train.batch_size == 256 and given.choices == []  # a given batch is kept
+    # Chosen size (28 px images, 4,096 x 16 default epochs: 32 px): the batch is not capped.
+    small = build_inputs(_model(), (torch.zeros(4096, 1, 28, 28, dtype=torch.uint8), labels),
+                         None, batch_size=None, image_size=None, augment="none", seed=0)
+    assert [(c.name, c.value) for c in small.choices][:2] == [("batch_size", 256),
+                                                              ("image_size", 32)]
 
 
 @pytest.mark.parametrize(("n", "augment"), [(11_000, "light"), (12_000, "none")])

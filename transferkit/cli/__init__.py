@@ -140,7 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
     length.add_argument("--steps", type=_positive_int, default=None,
                         help="optimizer steps instead of epochs (rounded up to epochs)")
     p.add_argument("--batch-size", type=_positive_int, default=None,
-                   help="default: about N/16 images, 16..256")
+                   help="default: about N/16 images, 16..256; on the CPU at most 64 at 224 px")
     p.add_argument("--image-size", type=_positive_int, default=None,
                    help="stored and training size (default: stored at the images' median "
                         "size rounded up to a multiple of 32, at most the backbone's; trained "

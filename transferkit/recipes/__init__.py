@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from transferkit.recipes.budget import (
     Choice,
+    batch_size_choice,
     default_batch_size,
     default_epochs,
     default_image_size,
@@ -71,6 +72,7 @@ __all__ = [
     "StageTail",
     "cache_inputs",
     "check_recipe",
+    "batch_size_choice",
     "default_batch_size",
     "default_epochs",
     "default_image_size",

@@ -15,7 +15,10 @@ data sets built offline, and ``docs/recipes.md`` holds its table.
   1,000 a class ``lp_ft`` was 0.4 and 1.0 points ahead of ``full`` in half its time (its
   probe half trains on cached features); means of two seeds each, docs/recipes.md.
 - **Batch size**: about ``N / 16`` images (a power of two, 16..256), so a small data set
-  still gets some optimizer steps per epoch and a large one uses the CPU's cores well.
+  still gets some optimizer steps per epoch and a large one uses the CPU's cores well; on
+  the CPU at most :data:`BATCH_PIXELS` pixels a batch (64 images at 224 px), since the
+  training activations grow with the batch while the images a second do not
+  (EfficientNet-Lite0 at 224 px: 5.8 GB peak memory at 64, 20.2 GB at 256).
 - **Length**: ``round(1000 / sqrt(N))`` epochs, within 3..60: small data sets need many
   passes (30 images a class: about 58 epochs, ~1,100 steps), large ones few (60,000
   images: 4 epochs). Expressed in optimizer steps in the log and the report.
@@ -45,12 +48,14 @@ __all__ = [
     "LP_FT_FAST_FROM_PER_CLASS",
     "LP_FT_FAST_LR",
     "LABEL_SMOOTHING",
+    "BATCH_PIXELS",
     "PIXEL_BUDGET",
     "MAX_BATCH",
     "MAX_EPOCHS",
     "MIN_BATCH",
     "MIN_EPOCHS",
     "Choice",
+    "batch_size_choice",
     "default_batch_size",
     "default_epochs",
     "default_image_size",
@@ -82,6 +87,12 @@ _SIZE_STEP = 32  # stored sizes are multiples of this (the backbones' total stri
 #: is chosen, per device type: on the 2-core CPU, 2e8 is about 5 minutes of
 #: EfficientNet-Lite0 (measured: docs/recipes.md, benchmarks/small_data.py).
 PIXEL_BUDGET: dict[str, float] = {"cpu": 2e8, "mps": 2e9, "cuda": 2e10}
+#: The most pixels (batch x side^2) a default batch holds, per device type: 64 images at
+#: 224 px on the CPU. Training activations grow with the batch (EfficientNet-Lite0 at
+#: 224 px, one thread: peak RSS 5.8 GB at a batch of 64, 20.2 GB at 256, which trained no
+#: faster per image; docs/benchmarks.md). Devices without an entry are not capped (not
+#: measured).
+BATCH_PIXELS: dict[str, float] = {"cpu": 64 * 224 * 224}
 
 
 @dataclass(frozen=True)
@@ -103,16 +114,54 @@ class Choice:
         return f"{self.name} {self.value}: {self.why}"
 
 
-def default_batch_size(num_samples: int) -> int:
+def default_batch_size(num_samples: int, image_size: int | None = None,
+                       device: str = "cpu") -> int:
     """Return the default batch size for ``num_samples`` training images.
+
+    Args:
+        num_samples: The training images.
+        image_size: Their training side in px; with it, the batch holds at most the
+            device type's :data:`BATCH_PIXELS` (a power of two, at least
+            :data:`MIN_BATCH`).
+        device: The device type (``"cpu"``, ``"cuda"``...).
 
     Example:
         >>> default_batch_size(100), default_batch_size(300), default_batch_size(55000)
         (16, 16, 256)
+        >>> default_batch_size(55000, 32), default_batch_size(55000, 128)
+        (256, 128)
+        >>> default_batch_size(55000, 224), default_batch_size(55000, 224, device="cuda")
+        (64, 256)
     """
     n = _validate.positive_int("num_samples", num_samples)
     power = 2 ** round(math.log2(max(1.0, n / 16)))
-    return int(min(MAX_BATCH, max(MIN_BATCH, power)))
+    batch = int(min(MAX_BATCH, max(MIN_BATCH, power)))
+    cap = BATCH_PIXELS.get(device)
+    if image_size is not None and cap is not None:
+        side = _validate.positive_int("image_size", image_size)
+        fits = 2 ** math.floor(math.log2(max(1.0, cap / side**2)))
+        batch = min(batch, max(MIN_BATCH, fits))
+    return batch
+
+
+def batch_size_choice(num_samples: int, image_size: int | None = None,
+                      device: str = "cpu") -> Choice:
+    """Return :func:`default_batch_size` (at most ``num_samples``) as a :class:`Choice`.
+
+    Example:
+        >>> print(batch_size_choice(55000, 32))
+        batch_size 256: default for 55000 training images (about N/16, 16..256)
+        >>> print(batch_size_choice(55000, 224))  # doctest: +NORMALIZE_WHITESPACE
+        batch_size 64: default for 55000 training images (about N/16, 16..256), at most
+        3.2e+06 pixels a batch on the cpu (BATCH_PIXELS): 64 at 224 px
+    """
+    n = _validate.positive_int("num_samples", num_samples)
+    value = min(default_batch_size(n, image_size, device), n)
+    why = f"default for {n} training images (about N/16, 16..256)"
+    if value < min(default_batch_size(n), n):
+        why += (f", at most {BATCH_PIXELS[device]:.2g} pixels a batch on the {device} "
+                f"(BATCH_PIXELS): {value} at {image_size} px")
+    return Choice("batch_size", value, why)
 
 
 def default_epochs(num_samples: int) -> int:

@@ -472,7 +472,8 @@ def fine_tune(
             on eval-mode features, which batch statistics would shift) and ``"train"``
             otherwise. The returned model keeps it (``freeze_state(model)["bn"]``;
             ``transferkit.unfreeze(model)`` resets it).
-        batch_size: Batch size for tensors (default: about ``N / 16``, 16..256).
+        batch_size: Batch size for tensors (default: about ``N / 16``, 16..256; on the CPU
+            at most 64 images at 224 px, ``budget.BATCH_PIXELS``).
         image_size: Training size for tensors (default: the largest multiple of 32, up to
             the backbone's pretrained size, whose run fits the device's compute budget,
             and at least the images' own size rounded up: ``default_image_size``).

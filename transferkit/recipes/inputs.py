@@ -22,7 +22,7 @@ from transferkit.data.pipeline import TensorLoader
 from transferkit.errors import ConfigError, DataError
 from transferkit.recipes.budget import (
     Choice,
-    default_batch_size,
+    batch_size_choice,
     default_epochs,
     default_passes,
     image_size_choice,
@@ -165,20 +165,21 @@ def build_inputs(
     images, labels = pair
     n = int(labels.shape[0])
     choices = []
-    if batch_size is None:
-        batch_size = min(default_batch_size(n), n)
-        choices.append(Choice("batch_size", batch_size,
-                              f"default for {n} training images (about N/16, 16..256)"))
-    else:
+    if batch_size is not None:
         batch_size = _validate.positive_int("batch_size", batch_size, example=64)
     info = get_info(model)
     stored = (int(images.shape[-2]), int(images.shape[-1]))
     if image_size is None:
-        choices.append(image_size_choice(stored, info.input_size, "the images are",
-                                         passes=default_passes(n), device=device))
-        image_size = choices[-1].value
+        size_choice = image_size_choice(stored, info.input_size, "the images are",
+                                        passes=default_passes(n), device=device)
+        image_size = size_choice.value
     else:
-        image_size = max(_validate.image_size(image_size))
+        size_choice, image_size = None, max(_validate.image_size(image_size))
+    if batch_size is None:
+        choices.append(batch_size_choice(n, image_size, device))
+        batch_size = choices[-1].value
+    if size_choice is not None:
+        choices.append(size_choice)
     if augment is None and cached:
         augment = "none"
         choices.append(Choice("augment", augment, "freeze_stages caches the frozen stages' "
