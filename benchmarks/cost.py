@@ -11,9 +11,9 @@ tensors, one epoch:
 ``R`` and ``K`` are read from ``examples/fashion_resnet18.py``'s defaults on this machine
 (``"full"`` and 0, everything trains: the library's own default recipe, ``lp_ft``, needs 2
 epochs), so that the cells follow the example; ``--freeze-stages K`` caches K stages. The rest is
-``fine_tune``'s own choice for tensors (batch size about N/16, 16..256; augmentation
-``none`` with cached stages, else ``light``; LRs). No validation data,
-so ``train_s`` is training only. Each cell reports where the time goes: ``startup_s``
+``fine_tune``'s own choice for tensors (batch size about N/16, 16..256, on the CPU at most
+64 at 224 px; augmentation ``none`` with cached stages, else ``light``; LRs). No validation
+data, so ``train_s`` is training only. Each cell reports where the time goes: ``startup_s``
 (imports, data, model, measured in the child from its launch), ``cache_s`` and
 ``train_s`` (``FineTuneResult.timings``), ``other_s`` (the rest of ``fine_tune``: the
 loaders, the split), ``eval_s`` (a fixed set of ``--test-images`` test images, default

@@ -15,10 +15,11 @@ The example is a thin shell over ``transferkit.fine_tune``, the engine ``transfe
 train`` uses too: it hands the training and validation images to ``fine_tune`` as
 ``(images, labels)`` tensors, and ``fine_tune`` chooses every setting left out from the
 data, each reported with its reason in the log ("chose ...") and the report: the batch size
-(about N/16, 16..256), the number of epochs (round(1000/sqrt(N)) within 3..60), the image
-size (the largest multiple of 32 whose run fits the device's compute budget), the
-augmentation (``light`` random shifts up to about 11,000 images, none past them), the body
-LR (the recipe's ratio to ``--lr``) and channels-last on a CPU. For the 55,000 training
+(about N/16, 16..256; on the CPU at most 64 at 224 px), the number of epochs
+(round(1000/sqrt(N)) within 3..60), the image size (the largest multiple of 32 whose run
+fits the device's compute budget), the augmentation (``light`` random shifts up to about
+11,000 images, none past them), the body LR (the recipe's ratio to ``--lr``) and
+channels-last on a CPU. For the 55,000 training
 images that is batch 256, 4 epochs, 32 px and no augmentation on a CPU. A default that
 helps the example helps ``fine_tune`` and the command line alike.
 
