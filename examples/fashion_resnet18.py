@@ -19,9 +19,9 @@ data, each reported with its reason in the log ("chose ...") and the report: the
 (round(1000/sqrt(N)) within 3..60), the image size (the largest multiple of 32 whose run
 fits the device's compute budget), the augmentation (``light`` random shifts up to about
 11,000 images, none past them), the body LR (the recipe's ratio to ``--lr``) and
-channels-last on a CPU. For the 55,000 training
-images that is batch 256, 4 epochs, 32 px and no augmentation on a CPU. A default that
-helps the example helps ``fine_tune`` and the command line alike.
+channels-last on a CPU. For the 55,000 training images that is batch 256, 4 epochs, 32 px
+and no augmentation on a CPU. A default that helps the example helps ``fine_tune`` and the
+command line alike.
 
 Why everything trains by default (``--freeze-stages 0``): on the 2-core CPU, keeping the
 stem and two stages frozen with their output cached (``--freeze-stages 3``, the example's
