@@ -60,6 +60,7 @@ from transferkit.train.distributed import (
     shard_for_training,
 )
 from transferkit.train.ema import EMA_WARMUP_POWER, ModelEma, check_ema
+from transferkit.train.heap import keep_heap
 from transferkit.train.history import (
     format_epoch,
     new_best,
@@ -140,6 +141,13 @@ class Trainer:
         crop_kernels: Run grouped convolutions on only the kernel taps that reach their
             input (:func:`~transferkit.train.depthwise.crop_depthwise`: the same results,
             faster on small feature maps); default (``None``): on the CPU.
+        keep_memory: On the CPU, keep the memory a step frees in the process for the next
+            step during ``fit``, ``evaluate`` and ``predict`` instead of glibc handing it
+            back to the OS and faulting it in again
+            (:func:`~transferkit.train.heap.keep_heap`: steps 2.4x faster at 224 px and
+            1.5x at 64 px, a peak 10-18% higher); given back when they return. Default
+            (``None``): on the CPU where the C library is glibc; ``True`` elsewhere logs
+            that it cannot apply.
         compile: Run the model's forward passes through ``torch.compile`` (the model
             object and its checkpoint names are unchanged); one log line says what the
             first step's compiling cost.
@@ -222,6 +230,7 @@ class Trainer:
         grad_accum: int = 1,
         channels_last: bool = False,
         crop_kernels: bool | None = None,
+        keep_memory: bool | None = None,
         compile: bool = False,
         topk: Sequence[int] = (1, 5),
         monitor: str | None = None,
@@ -255,6 +264,8 @@ class Trainer:
         self.precision, self.grad_clip, self.grad_accum = precision, grad_clip, grad_accum
         self.channels_last, self.topk, self.seed = channels_last, tuple(topk), seed
         self.crop_kernels = self.device.type == "cpu" if crop_kernels is None else crop_kernels
+        self.keep_memory = self.device.type == "cpu" if keep_memory is None else keep_memory
+        self._keep_memory_said, self._keep_memory_asked = False, keep_memory is True
         self.task, self.threshold, self.penalty = task, checked["threshold"], penalty
         self.label_smoothing = checked["label_smoothing"]
         self.mixup, self.cutmix = checked["mixup"], checked["cutmix"]
@@ -396,7 +407,7 @@ class Trainer:
                      "n)^-%.3g) after n updates; BatchNorm statistics copied from the model)",
                      self.ema.decay, EMA_WARMUP_POWER)
         try:
-            with self._sigint_handler(), self._kernel_paths():
+            with self._sigint_handler(), self._kernel_paths(), self._heap(say=True):
                 self._fit_epochs(train_data, val_data, epochs)
         finally:
             # Drop the DDP wrapper: it holds the process group, whose Gloo threads must be
@@ -475,7 +486,7 @@ class Trainer:
             first = self._check_data(data, "evaluation", self.task)
             check_same_task(str(first.task), self.dist, self.device)
             self._setup_targets(data, first)
-        with self._kernel_paths():
+        with self._kernel_paths(), self._heap():
             sums = self._run_eval(data, tta=tta)
         out = sums.result("")
         out["count"] = sums.count
@@ -501,12 +512,14 @@ class Trainer:
         self.model.eval()
         outs = []
         try:
-            for batch in data:
-                x = batch[0] if isinstance(batch, (tuple, list)) else batch
-                with self._autocast(), self._kernel_paths():
-                    out = (tta_probs if probs else tta_logits)(
-                        self._net, self._inputs(x), tta, multi_label=self.task == "multi_label")
-                outs.append(out.float().cpu())
+            with self._heap():
+                for batch in data:
+                    x = batch[0] if isinstance(batch, (tuple, list)) else batch
+                    with self._autocast(), self._kernel_paths():
+                        out = (tta_probs if probs else tta_logits)(
+                            self._net, self._inputs(x), tta,
+                            multi_label=self.task == "multi_label")
+                    outs.append(out.float().cpu())
         finally:
             self.model.train(was_training)
         if not outs:
@@ -649,6 +662,23 @@ class Trainer:
     def _kernel_paths(self) -> contextlib.AbstractContextManager[int]:
         # The taps dropped multiply zero padding only (train/depthwise.py).
         return crop_depthwise(self.model, enabled=self.crop_kernels)
+
+    @contextlib.contextmanager
+    def _heap(self, *, say: bool = False) -> Iterator[None]:
+        # Freed memory stays for the next step (train/heap.py); said once per Trainer.
+        with keep_heap(self.keep_memory) as kept:
+            if not self._keep_memory_said and self.dist.is_main and (
+                    (kept and say) or (not kept and self._keep_memory_asked)):
+                self._keep_memory_said = True
+                if kept:
+                    log.info("keep_memory: freed memory stays in the process for the next "
+                             "step (glibc: no mmap, trim past 2 GiB), given back after "
+                             "fit/evaluate/predict; keep_memory=False turns it off")
+                else:
+                    log.warning("keep_memory=True has no effect here: the C library is not "
+                                "glibc (no mallopt), so freed memory goes back to the OS as "
+                                "usual")
+            yield
 
     def _reduce(self, sums: MetricSums | MultiLabelSums) -> MetricSums | MultiLabelSums:
         sums.reduce(self.dist)
@@ -938,8 +968,9 @@ def _check_config(**values: Any) -> dict[str, Any]:
         raise ConfigError(f"penalty must be a callable returning a scalar, e.g. "
                           f"L2SP(model), got {v['penalty']!r}.")
     _validate.flag("channels_last", v["channels_last"])
-    if v["crop_kernels"] is not None:
-        _validate.flag("crop_kernels", v["crop_kernels"])
+    for name in ("crop_kernels", "keep_memory"):
+        if v[name] is not None:
+            _validate.flag(name, v[name])
     _validate.flag("restore_best", v["restore_best"])
     _validate.flag("compile", v["compile"])
     v["ema"] = check_ema(v["ema"])
