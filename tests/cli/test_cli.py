@@ -733,3 +733,18 @@ def test_compile_reaches_fine_tune(capsys, tmp_path, monkeypatch) -> None:
                        tmp_path / "run", "--compile", *_fast("--epochs", "1"))
     assert code == 1 and "stopped by the test" in err
     assert seen["compile"] is True and seen["ema"] is None
+    assert seen["keep_memory"] is None  # the Trainer's default: kept on the CPU
+
+
+def test_no_keep_memory_reaches_fine_tune(capsys, tmp_path, monkeypatch) -> None:
+    seen = {}
+
+    def fake(*args, **kwargs):
+        seen.update(kwargs)
+        raise ConfigError("stopped by the test")
+
+    monkeypatch.setattr(cli_train, "fine_tune", fake)
+    code, _, err = run(capsys, "train", "--data", _split(tmp_path / "data"), "--out",
+                       tmp_path / "run", "--no-keep-memory", *_fast("--epochs", "1"))
+    assert code == 1 and "stopped by the test" in err
+    assert seen["keep_memory"] is False

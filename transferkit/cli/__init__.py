@@ -162,6 +162,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ema", type=_decay, default=None, metavar="DECAY",
                    help="validate, select and keep an EMA of the weights, e.g. 0.999")
     p.add_argument("--compile", action="store_true", help="train through torch.compile")
+    p.add_argument("--no-keep-memory", action="store_true",
+                   help="on the CPU, let glibc hand freed memory back to the OS after every "
+                        "step (default: kept for the next step, faster, 1-18%% higher peak)")
     p.add_argument("--tta", choices=tuple(TTA_MODES), default="none",
                    help="test-time augmentation of the final test (default: none)")
     p.add_argument("--resume", action="store_true",

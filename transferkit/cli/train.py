@@ -207,7 +207,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         augment=args.augment, freeze_stages=args.freeze_stages, precision=args.precision,
         patience=args.patience, resume=args.resume, out_dir=out, device=args.device,
         seed=args.seed, balanced=args.balanced, callbacks=loggers, ema=args.ema,
-        compile=args.compile,
+        compile=args.compile, keep_memory=False if args.no_keep_memory else None,
         **{k: v for k in ("mixup", "cutmix", "label_smoothing", "class_weights")
            if (v := getattr(args, k)) is not None})
     if result.lr_find is not None:
