@@ -721,7 +721,11 @@ def test_ema_compile_and_tta_options_reach_the_run_and_its_config(capsys, tmp_pa
     assert not (tmp_path / "x").exists()
 
 
-def test_compile_reaches_fine_tune(capsys, tmp_path, monkeypatch) -> None:
+@pytest.mark.parametrize("flag,expected", [
+    ("--compile", {"compile": True, "ema": None, "keep_memory": None}),  # kept: the default
+    ("--no-keep-memory", {"compile": False, "keep_memory": False}),
+])
+def test_speed_options_reach_fine_tune(capsys, tmp_path, monkeypatch, flag, expected) -> None:
     seen = {}
 
     def fake(*args, **kwargs):
@@ -730,21 +734,6 @@ def test_compile_reaches_fine_tune(capsys, tmp_path, monkeypatch) -> None:
 
     monkeypatch.setattr(cli_train, "fine_tune", fake)
     code, _, err = run(capsys, "train", "--data", _split(tmp_path / "data"), "--out",
-                       tmp_path / "run", "--compile", *_fast("--epochs", "1"))
+                       tmp_path / "run", flag, *_fast("--epochs", "1"))
     assert code == 1 and "stopped by the test" in err
-    assert seen["compile"] is True and seen["ema"] is None
-    assert seen["keep_memory"] is None  # the Trainer's default: kept on the CPU
-
-
-def test_no_keep_memory_reaches_fine_tune(capsys, tmp_path, monkeypatch) -> None:
-    seen = {}
-
-    def fake(*args, **kwargs):
-        seen.update(kwargs)
-        raise ConfigError("stopped by the test")
-
-    monkeypatch.setattr(cli_train, "fine_tune", fake)
-    code, _, err = run(capsys, "train", "--data", _split(tmp_path / "data"), "--out",
-                       tmp_path / "run", "--no-keep-memory", *_fast("--epochs", "1"))
-    assert code == 1 and "stopped by the test" in err
-    assert seen["keep_memory"] is False
+    assert {k: seen[k] for k in expected} == expected
