@@ -16,7 +16,7 @@ from transferkit.train import heap as heap_mod
 from transferkit.train.callbacks import Callback
 from transferkit.train.heap import heap_supported, keep_heap
 
-BLOCK = 64 * 1024 * 1024  # above glibc's largest mmap threshold (32 MiB)
+MIB = 1024 * 1024
 
 
 class _MallInfo2(ctypes.Structure):
@@ -39,13 +39,19 @@ def _libc():
 
 
 def mmapped_block() -> bool:
-    """Return whether glibc serves a 64 MiB allocation with its own mmap region."""
+    """Return whether glibc serves a large allocation with its own mmap region.
+
+    The block is larger than all the heap glibc holds (``arena``), so no free chunk left by
+    earlier work can serve it: glibc maps it (it is above the 32 MiB mmap threshold) or,
+    with mmap off, grows the heap. It is never touched, so it costs no memory.
+    """
     libc = _libc()
-    before = libc.mallinfo2().hblkhd
-    ptr = libc.malloc(BLOCK)
+    info = libc.mallinfo2()
+    size = info.arena + 64 * MIB
+    ptr = libc.malloc(size)
     assert ptr
     try:
-        return libc.mallinfo2().hblkhd - before >= BLOCK
+        return libc.mallinfo2().hblkhd - info.hblkhd >= size
     finally:
         libc.free(ptr)
 
