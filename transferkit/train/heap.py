@@ -13,11 +13,11 @@ at 64 px, batch 256 (``benchmarks/heap.py``, docs/benchmarks.md).
 allocations (``M_MMAP_MAX`` 0: the heap serves them all) and the largest trim threshold
 ``mallopt`` takes (``M_TRIM_THRESHOLD``, about 2 GiB), so freed memory stays in the process
 for the next step. The cost is a higher peak (the heap fragments: +18% at 224 px, +10%
-at 64 px, +1% at 32 px) and memory that stays with the process until the block ends. On leaving, the
-mmap limit goes back to glibc's default and ``malloc_trim(0)`` hands the free memory back;
-the thresholds become fixed at the values glibc's own adjustment ends at after large
-blocks were freed (mmap above 32 MiB, trim past 64 MiB): ``mallopt`` turns that
-adjustment off, and no call reads the previous values back. Nested uses (an evaluation
+at 64 px, +1% at 32 px) and memory that stays with the process until the block ends. On
+leaving, the mmap limit goes back to glibc's default and ``malloc_trim(0)`` hands the free
+memory back; the thresholds become fixed at the values glibc's own adjustment ends at
+after large blocks were freed (mmap above 32 MiB, trim past 64 MiB): ``mallopt`` turns
+that adjustment off, and no call reads the previous values back. Nested uses (an evaluation
 inside ``fit``) keep the settings until the outermost one leaves. Where the C library is
 not glibc (macOS, Windows, musl), nothing changes: :func:`heap_supported` says so.
 """
