@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import sys
 import threading
 from collections.abc import Iterator
@@ -44,26 +45,22 @@ _AFTER_TRIM_THRESHOLD = 2 * _AFTER_MMAP_THRESHOLD
 
 _lock = threading.Lock()
 _depth = 0
-_libc: ctypes.CDLL | None = None
-_probed = False
 
 
+@functools.cache
 def _glibc() -> ctypes.CDLL | None:
     """Return the process's C library when it is glibc (it has ``mallopt``), else ``None``."""
-    global _libc, _probed
-    if not _probed:
-        _probed = True
-        if sys.platform.startswith("linux"):
-            try:
-                libc = ctypes.CDLL(None)
-                if all(hasattr(libc, f) for f in ("gnu_get_libc_version", "mallopt",
-                                                   "malloc_trim")):
-                    libc.mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
-                    libc.malloc_trim.argtypes = [ctypes.c_size_t]
-                    _libc = libc
-            except OSError:
-                _libc = None
-    return _libc
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(None)
+    except OSError:
+        return None
+    if not all(hasattr(libc, f) for f in ("gnu_get_libc_version", "mallopt", "malloc_trim")):
+        return None
+    libc.mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+    libc.malloc_trim.argtypes = [ctypes.c_size_t]
+    return libc
 
 
 def heap_supported() -> bool:
