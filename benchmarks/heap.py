@@ -45,13 +45,13 @@ from _common import (  # after sys.path
 )
 
 from transferkit import Trainer, create
+from transferkit.recipes import default_batch_size
 from transferkit.train.callbacks import Callback
 from transferkit.train.heap import heap_supported
 
 WARMUP = 2  # steps before timing: oneDNN's kernels, the first allocation of every buffer
-# fine_tune's CPU batches for a large set at these sizes (recipes.budget: N/16 capped at 256,
-# at most BATCH_PIXELS = 64 x 224^2 pixels a batch)
-DEFAULT_SIZES = "32:256,64:256,224:64"
+DEFAULT_PX = (32, 64, 224)
+LARGE_SET = 60_000  # the default sizes train at fine_tune's CPU batch for this many images
 ARMS = ("plain", "keep")
 
 
@@ -109,9 +109,16 @@ def parse_sizes(text: str) -> list[tuple[int, int]]:
     return pairs
 
 
+def default_sizes() -> list[tuple[int, int]]:
+    """Return ``(size, batch)`` for ``DEFAULT_PX`` at ``fine_tune``'s CPU batch for a large set."""
+    return [(px, default_batch_size(LARGE_SET, px, "cpu")) for px in DEFAULT_PX]
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--sizes", default=None, help=f"SIZE:BATCH pairs (default {DEFAULT_SIZES})")
+    p.add_argument("--sizes", default=None,
+                   help="SIZE:BATCH pairs (default: 32, 64 and 224 px at fine_tune's CPU batch "
+                        f"for {LARGE_SET:,} images)")
     p.add_argument("--steps", type=int, default=None,
                    help="timed steps per process (default 10; 4 at 224 px and up)")
     p.add_argument("--repeats", type=int, default=3, help="pairs of processes per size")
@@ -123,7 +130,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.child:
         return child(json.loads(args.child))
     try:
-        sizes = parse_sizes(args.sizes or ("32:8" if args.quick else DEFAULT_SIZES))
+        sizes = (parse_sizes(args.sizes) if args.sizes else
+                 [(32, 8)] if args.quick else default_sizes())
     except ValueError as exc:
         p.error(str(exc))
     repeats = 1 if args.quick else args.repeats

@@ -15,13 +15,13 @@ from transferkit.train.heap import heap_supported
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def parse_sizes(text: str):
+def _heap_benchmark():
     sys.path.insert(0, str(ROOT / "benchmarks"))
     try:
         import heap
     finally:
         sys.path.remove(str(ROOT / "benchmarks"))
-    return heap.parse_sizes(text)
+    return heap
 
 
 def test_quick_runs_both_arms_on_the_same_arithmetic() -> None:
@@ -42,7 +42,13 @@ def test_quick_runs_both_arms_on_the_same_arithmetic() -> None:
 
 
 def test_sizes_are_size_batch_pairs() -> None:
+    parse_sizes = _heap_benchmark().parse_sizes
     assert parse_sizes("32:256,224:64") == [(32, 256), (224, 64)]
     for bad in ("32", "32:0", "a:1", "32:256,"):
         with pytest.raises(ValueError, match="SIZE:BATCH"):
             parse_sizes(bad)
+
+
+def test_default_sizes_train_at_fine_tunes_batches() -> None:
+    # the batches of docs/benchmarks.md's table: 256 up to 64 px, 64 at 224 px (BATCH_PIXELS)
+    assert _heap_benchmark().default_sizes() == [(32, 256), (64, 256), (224, 64)]
